@@ -1,0 +1,126 @@
+"""Stable Diffusion pipelines with random weights, built offline from configs: for tests and benchmarks.
+
+Nothing is downloaded: the tokenizer is CLIP's real BPE tokenizer built from open_clip's bundled
+vocabulary (``erasure.pipelines.tokenizer``), the models are initialised from configs. ``sd15_*``
+are the real Stable Diffusion 1.5 architecture values (CompVis/stable-diffusion-v1-4 and
+runwayml/stable-diffusion-v1-5 configs, CLIP ViT-L/14 text tower); ``tiny_*`` keep SD's and SDXL's
+block layout at a size that runs in milliseconds on a CPU.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import torch
+from diffusers import (
+    AutoencoderKL,
+    EulerDiscreteScheduler,
+    PNDMScheduler,
+    StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
+    UNet2DConditionModel,
+)
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+from .tokenizer import MODEL_MAX_LENGTH, build_clip_tokenizer
+
+_CLIP_IDS = dict(vocab_size=49408, max_position_embeddings=MODEL_MAX_LENGTH, bos_token_id=49406,
+                 eos_token_id=49407, pad_token_id=49407)
+
+SD15_UNET = dict(
+    sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
+    block_out_channels=(320, 640, 1280, 1280),
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    cross_attention_dim=768, attention_head_dim=8, norm_num_groups=32, norm_eps=1e-5, act_fn="silu",
+    downsample_padding=1, flip_sin_to_cos=True, freq_shift=0, center_input_sample=False, mid_block_scale_factor=1,
+)
+SD15_VAE = dict(
+    sample_size=512, in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2,
+    block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=32, act_fn="silu",
+)
+SD15_TEXT = dict(
+    hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+    hidden_act="quick_gelu", layer_norm_eps=1e-5, projection_dim=768, **_CLIP_IDS,
+)
+SD15_SCHEDULER = dict(
+    num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+    set_alpha_to_one=False, skip_prk_steps=True, steps_offset=1,
+)
+
+# SD 1.x block layout (attention in the high-resolution blocks, none in the lowest), 32 px images.
+TINY_SD_UNET = dict(
+    sample_size=16, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(16, 32),
+    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+    cross_attention_dim=32, attention_head_dim=8, norm_num_groups=8,
+)
+TINY_VAE = dict(
+    sample_size=32, in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1, block_out_channels=(16, 32),
+    down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=8,
+)
+TINY_TEXT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                 hidden_act="quick_gelu", projection_dim=32, **_CLIP_IDS)
+# SDXL: a second, OpenCLIP-style text encoder (gelu, projection) of a different width, as in the
+# real model; the UNet attends to both encoders' features concatenated and takes the pooled
+# projection plus size/crop conditioning through add_embedding ("text_time").
+TINY_SDXL_TEXT_2 = dict(hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                        hidden_act="gelu", projection_dim=32, **_CLIP_IDS)
+TINY_SDXL_UNET = dict(
+    sample_size=16, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(16, 32),
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+    transformer_layers_per_block=(1, 2), attention_head_dim=(2, 4), use_linear_projection=True,
+    cross_attention_dim=32 + 48, addition_embed_type="text_time", addition_time_embed_dim=8,
+    projection_class_embeddings_input_dim=6 * 8 + 32, norm_num_groups=8,
+)
+SDXL_SCHEDULER = dict(
+    num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+    steps_offset=1, timestep_spacing="leading", prediction_type="epsilon",
+)
+
+
+@lru_cache(maxsize=1)
+def clip_tokenizer() -> CLIPTokenizer:
+    """CLIP's tokenizer, built once per process (pipelines save their own copy)."""
+    return build_clip_tokenizer()
+
+
+def random_sd_pipeline(unet: dict, vae: dict, text: dict, scheduler: dict, seed: int = 0) -> StableDiffusionPipeline:
+    """A ``StableDiffusionPipeline`` with seeded random weights from the given configs."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return StableDiffusionPipeline(
+            vae=AutoencoderKL(**vae),
+            text_encoder=CLIPTextModel(CLIPTextConfig(**text)),
+            tokenizer=clip_tokenizer(),
+            unet=UNet2DConditionModel(**unet),
+            scheduler=PNDMScheduler(**scheduler),
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+
+
+def sd15_random_pipeline(seed: int = 0) -> StableDiffusionPipeline:
+    """Stable Diffusion 1.5's architecture (512 px, ~1.07B parameters) with random weights."""
+    return random_sd_pipeline(SD15_UNET, SD15_VAE, SD15_TEXT, SD15_SCHEDULER, seed)
+
+
+def tiny_sd_pipeline(seed: int = 0) -> StableDiffusionPipeline:
+    """An SD-1.x-layout pipeline small enough for unit tests (32 px images)."""
+    return random_sd_pipeline(TINY_SD_UNET, TINY_VAE, TINY_TEXT, SD15_SCHEDULER, seed)
+
+
+def tiny_sdxl_pipeline(seed: int = 0) -> StableDiffusionXLPipeline:
+    """An SDXL-layout pipeline (two text encoders, text_time conditioning) for unit tests (32 px images)."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return StableDiffusionXLPipeline(
+            vae=AutoencoderKL(**TINY_VAE, scaling_factor=0.13025, force_upcast=True),
+            text_encoder=CLIPTextModel(CLIPTextConfig(**TINY_TEXT)),
+            text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(**TINY_SDXL_TEXT_2)),
+            tokenizer=clip_tokenizer(),
+            tokenizer_2=clip_tokenizer(),
+            unet=UNet2DConditionModel(**TINY_SDXL_UNET),
+            scheduler=EulerDiscreteScheduler(**SDXL_SCHEDULER),
+        )
