@@ -1,0 +1,5 @@
+"""``python -m erasure``: the same as the ``erasure`` command."""
+
+from erasure.cli import main
+
+main()

@@ -1,0 +1,198 @@
+"""The ``erasure`` command line: a thin layer over the library.
+
+Bad input (click usage errors and ``ErasureInputError``) becomes one line on stderr and exit code
+2, with no traceback; any other exception is a bug and keeps its traceback. Heavy imports (torch,
+diffusers) happen inside commands so ``erasure --help`` stays quick.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+try:  # recent typer vendors click as typer._click, and its commands raise those exception classes
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError
+except ImportError:  # older typer runs on click itself
+    from click.exceptions import ClickException, NoArgsIsHelpError
+
+from erasure import canvas_cli
+from erasure.errors import ErasureInputError
+
+app = typer.Typer(
+    name="erasure",
+    help="Remove concepts from text-to-image diffusion models, measure the removal, compare before and after.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(canvas_cli.app, name="canvas")
+
+
+@app.callback()
+def _options(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log what the toolkit does (to stderr).")] = False,
+) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+def _quiet_libraries() -> None:
+    # diffusers and transformers print loading bars and advisory warnings on their own; the CLI
+    # reports progress itself and keeps stderr for real problems.
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    for lib in (diffusers_logging, transformers_logging):
+        lib.set_verbosity_error()
+        lib.disable_progress_bar()
+
+# Options shared by the commands that load a model.
+ModelOpt = Annotated[
+    str,
+    typer.Option("--model", "-m", help="Diffusers folder, single .safetensors checkpoint (with --config), or 'canvas-mini'."),
+]
+ConfigOpt = Annotated[
+    Optional[Path],
+    typer.Option("--config", help="For a single-file checkpoint: local diffusers folder with the component configs."),
+]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
+DtypeOpt = Annotated[str, typer.Option("--dtype", help="auto (half on GPU, fp32 on CPU), fp32, fp16 or bf16.")]
+AttentionOpt = Annotated[str, typer.Option("--attention", help="auto, sdpa or xformers.")]
+
+
+@app.command()
+def generate(
+    prompt: Annotated[list[str], typer.Option("--prompt", "-p", help="Prompt; repeat for more rows.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Grid image to write (.png, .jpg or .webp).")],
+    model: ModelOpt = "canvas-mini",
+    seeds: Annotated[str, typer.Option("--seeds", "-s", help="Seeds: ranges and lists, e.g. 0-7 or 0,3,5.")] = "0-3",
+    steps: Annotated[int, typer.Option("--steps", min=1, help="Denoising steps.")] = 25,
+    guidance: Annotated[float, typer.Option("--guidance", min=0.0, help="Classifier-free guidance scale.")] = 7.5,
+    negative_prompt: Annotated[Optional[str], typer.Option("--negative-prompt", help="Negative prompt for every image.")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per pipeline call.")] = 4,
+    scheduler: Annotated[Optional[str], typer.Option("--scheduler", help="Sampler: ddim, pndm, euler, euler-a, dpm++, ...")] = None,
+    config: ConfigOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    attention: AttentionOpt = "auto",
+) -> None:
+    """Generate a grid of images: one row per prompt, one column per seed, labelled."""
+    from erasure.pipelines import generate as run_generation
+    from erasure.pipelines import image_grid, load_pipeline, make_scheduler, parse_seeds
+
+    # Validate everything cheap before loading weights, so mistakes fail in a second.
+    seed_list = parse_seeds(seeds)
+    image_format = _image_format(out)
+    if scheduler is not None:
+        make_scheduler(scheduler, {})
+    _quiet_libraries()
+    pipe = load_pipeline(model, config=config, device=device, dtype=dtype, attention=attention)
+    with _progress_bar("generating") as report:
+        images = run_generation(
+            pipe, prompt, seeds=seed_list, steps=steps, guidance=guidance, batch_size=batch_size,
+            negative_prompt=negative_prompt, scheduler=scheduler, progress=report,
+        )
+    grid = image_grid(images, len(prompt), len(seed_list), row_labels=prompt,
+                      col_labels=[f"seed {s}" for s in seed_list], min_cell=128)
+    _save_image(grid, out, image_format)
+    typer.echo(f"wrote {out} ({len(prompt)} prompts x {len(seed_list)} seeds)")
+
+
+@app.command()
+def info(
+    model: ModelOpt = "canvas-mini",
+    config: ConfigOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    attention: AttentionOpt = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
+) -> None:
+    """Describe a model: components, parameter counts, scheduler, attention backend, device, dtype."""
+    from erasure.pipelines import describe, load_pipeline
+
+    _quiet_libraries()
+    summary = describe(load_pipeline(model, config=config, device=device, dtype=dtype, attention=attention))
+    if as_json:
+        typer.echo(json.dumps(summary.to_dict(), indent=2))
+        return
+    typer.echo(f"model:      {model}")
+    typer.echo(f"pipeline:   {summary.pipeline}")
+    typer.echo(f"scheduler:  {summary.scheduler}")
+    typer.echo(f"attention:  {summary.attention}")
+    typer.echo(f"device:     {summary.device}")
+    typer.echo(f"dtype:      {summary.dtype}")
+    typer.echo("components:")
+    for c in summary.components:
+        count = f"{c.parameters:>15,} params" if c.parameters is not None else ""
+        typer.echo(f"  {c.name:<18} {c.class_name:<30} {count}")
+    typer.echo(f"  {'total':<18} {'':<30} {summary.total_parameters:>15,} params")
+
+
+def _image_format(out: Path) -> str:
+    from PIL import Image
+
+    image_format = Image.registered_extensions().get(out.suffix.lower())
+    if image_format not in ("PNG", "JPEG", "WEBP"):
+        raise ErasureInputError(f"--out {out}: unsupported image type {out.suffix or '(none)'!r}; use .png, .jpg or .webp")
+    return image_format
+
+
+def _save_image(image, out: Path, image_format: str) -> None:
+    from erasure.atomic import atomic_path
+
+    with atomic_path(out) as tmp:
+        image.save(tmp, format=image_format)
+
+
+class _progress_bar:
+    """A rich progress bar on stderr, fed by the library's ``progress(done, total)`` callback."""
+
+    def __init__(self, label: str) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self._label = label
+        self._progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+            console=Console(stderr=True), transient=True,
+        )
+        self._task = None
+
+    def __enter__(self):
+        self._progress.start()
+        return self._report
+
+    def __exit__(self, *exc) -> None:
+        self._progress.stop()
+
+    def _report(self, done: float, total: int) -> None:
+        if self._task is None:
+            self._task = self._progress.add_task(self._label, total=total)
+        self._progress.update(self._task, completed=done)
+
+
+def _fail(message: str, code: int = 2) -> None:
+    # One line: multi-line messages (diffusers errors, click's) are folded.
+    typer.echo("erasure: error: " + " ".join(message.split()), err=True)
+    sys.exit(code)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point (``erasure``)."""
+    command = typer.main.get_command(app)
+    try:
+        code = command.main(args=argv, prog_name="erasure", standalone_mode=False)
+    except NoArgsIsHelpError as exc:
+        typer.echo(exc.ctx.get_help())
+        sys.exit(0)
+    except ClickException as exc:
+        _fail(exc.format_message(), exc.exit_code)
+    except typer.Abort:
+        _fail("aborted", 130)
+    except ErasureInputError as exc:
+        _fail(str(exc))
+    sys.exit(code if isinstance(code, int) else 0)
