@@ -1,0 +1,244 @@
+"""Training of canvas-mini: the text-to-image model, its evaluator and its tiny CLIP.
+
+``train_all(TrainSettings(out=...))`` (CLI: ``erasure canvas train --out DIR``) rebuilds everything
+from scratch on a CPU. Each stage is resumable: the diffusion stage checkpoints every
+``checkpoint_every`` steps, and every batch is a pure function of (seed, step), so a resumed run
+sees exactly the batches an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .data import CanvasData, to_tensor, training_caption
+from .model import build_untrained
+
+logger = logging.getLogger(__name__)
+
+#: progress(stage, done, total, metrics) — the CLI draws bars from it.
+ProgressFn = Callable[[str, int, int, dict], None]
+
+
+@dataclass
+class DiffusionSettings:
+    steps: int = 4000
+    batch_size: int = 32
+    lr: float = 1e-3
+    text_lr: float = 5e-4
+    warmup: int = 200
+    caption_dropout: float = 0.1
+    min_snr_gamma: float = 5.0
+    ema_decay: float = 0.999
+    checkpoint_every: int = 250
+
+
+@dataclass
+class TrainSettings:
+    out: str
+    seed: int = 0
+    per_pair: int = 384
+    memorization_repeats: int = 96
+    threads: int = 0  # 0: torch's default
+    diffusion: DiffusionSettings = field(default_factory=DiffusionSettings)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+
+def _atomic_save(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def prepare_data(settings: TrainSettings) -> CanvasData:
+    path = Path(settings.out) / "data.npz"
+    if path.exists():
+        return CanvasData.load(path)
+    data = CanvasData.build(settings.per_pair, settings.memorization_repeats, seed=settings.seed)
+    tmp = path.with_name("data.tmp.npz")
+    data.save(tmp)
+    os.replace(tmp, path)
+    return data
+
+
+# ----------------------------------------------------------------------------- diffusion model
+def _encode(pipe, captions: list[str]) -> torch.Tensor:
+    ids = pipe.tokenizer(captions, padding="max_length", max_length=pipe.tokenizer.model_max_length,
+                         truncation=True, return_tensors="pt").input_ids
+    return pipe.text_encoder(ids)[0]
+
+
+def _batch(data: CanvasData, settings: TrainSettings, step: int):
+    """The (images, captions, noise, timesteps) of ``step``: a pure function of (seed, step)."""
+    d = settings.diffusion
+    rng = np.random.default_rng([settings.seed, step])
+    idx = rng.integers(0, len(data), size=d.batch_size)
+    crng = random.Random(f"{settings.seed}/{step}")
+    captions = [
+        "" if crng.random() < d.caption_dropout
+        else training_caption(int(data.objects[i]), int(data.styles[i]), int(data.memorized[i]), crng)
+        for i in idx
+    ]
+    g = torch.Generator().manual_seed(settings.seed * 1_000_003 + step)
+    x0 = to_tensor(data.images[idx])
+    noise = torch.randn(x0.shape, generator=g)
+    t = torch.randint(0, 1000, (d.batch_size,), generator=g)
+    return x0, captions, noise, t
+
+
+def _min_snr_weights(scheduler, t: torch.Tensor, gamma: float) -> torch.Tensor:
+    alpha_bar = scheduler.alphas_cumprod[t]
+    snr = alpha_bar / (1 - alpha_bar)
+    return torch.clamp(snr, max=gamma) / snr  # epsilon-prediction form of Min-SNR-gamma
+
+
+def _lr_lambda(d: DiffusionSettings):
+    def f(step: int) -> float:
+        if step < d.warmup:
+            return (step + 1) / d.warmup
+        progress = (step - d.warmup) / max(1, d.steps - d.warmup)
+        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return f
+
+
+def train_diffusion(settings: TrainSettings, data: CanvasData, progress: ProgressFn | None = None):
+    """Train (or resume) the text encoder and UNet; returns the pipeline holding the EMA weights."""
+    out = Path(settings.out)
+    d = settings.diffusion
+    torch.manual_seed(settings.seed)
+    pipe = build_untrained(out / "tokenizer")
+    unet, te = pipe.unet, pipe.text_encoder
+    unet.train(), te.train()
+    opt = torch.optim.AdamW(
+        [{"params": unet.parameters(), "lr": d.lr}, {"params": te.parameters(), "lr": d.text_lr}],
+        weight_decay=0.0,
+    )
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(d))
+    params = dict(unet.named_parameters(prefix="unet")) | dict(te.named_parameters(prefix="text_encoder"))
+    ema = {k: p.detach().clone() for k, p in params.items()}
+    step = 0
+    ckpt = out / "diffusion-checkpoint.pt"
+    if ckpt.exists():
+        state = torch.load(ckpt, weights_only=True)
+        unet.load_state_dict(state["unet"]), te.load_state_dict(state["text_encoder"])
+        opt.load_state_dict(state["optimizer"]), sched.load_state_dict(state["lr_scheduler"])
+        ema, step = state["ema"], state["step"]
+        logger.info("resumed diffusion training at step %d", step)
+    noise_sched = pipe.scheduler
+    start = time.time()
+    while step < d.steps:
+        x0, captions, noise, t = _batch(data, settings, step)
+        xt = noise_sched.add_noise(x0, noise, t)
+        pred = unet(xt, t, _encode(pipe, captions)).sample
+        per_sample = F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))
+        loss = (per_sample * _min_snr_weights(noise_sched, t, d.min_snr_gamma)).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(list(params.values()), 1.0)
+        opt.step()
+        sched.step()
+        step += 1
+        decay = min(d.ema_decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for k, p in params.items():
+                ema[k].lerp_(p.detach(), 1 - decay)
+        if progress:
+            progress("diffusion", step, d.steps, {"loss": float(loss), "s/step": (time.time() - start) / step})
+        if step % d.checkpoint_every == 0 or step == d.steps:
+            _atomic_save({"unet": unet.state_dict(), "text_encoder": te.state_dict(),
+                          "optimizer": opt.state_dict(), "lr_scheduler": sched.state_dict(),
+                          "ema": ema, "step": step}, ckpt)
+    _load_ema(pipe, ema)
+    return pipe
+
+
+def _load_ema(pipe, ema: dict[str, torch.Tensor]) -> None:
+    with torch.no_grad():
+        for prefix, module in (("unet", pipe.unet), ("text_encoder", pipe.text_encoder)):
+            for name, p in module.named_parameters(prefix=prefix):
+                p.copy_(ema[name])
+    pipe.unet.eval(), pipe.text_encoder.eval()
+
+
+# ----------------------------------------------------------------------------- all stages
+def _atomic_dir(final: Path, write: Callable[[Path], None]) -> Path:
+    """Write a folder under a temporary name, then rename: a killed run never leaves a half folder."""
+    import shutil
+
+    tmp = final.with_name(final.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    write(tmp)
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    return final
+
+
+def train_all(settings: TrainSettings, progress: ProgressFn | None = None) -> Path:
+    """Build data, evaluator and model into ``settings.out``; resumes whatever is already there.
+
+    Returns the folder ``<out>/canvas-mini`` holding the pipeline and, in ``evaluator/``, the judge.
+    """
+    from .evaluator import EvaluatorSettings, train_evaluator
+
+    out = Path(settings.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    (out / "settings.json").write_text(settings.to_json())
+    timings: dict[str, float] = {}
+    start = time.time()
+    data = prepare_data(settings)
+    timings["data_s"] = time.time() - start
+
+    evaluator_dir = out / "evaluator"
+    if not (evaluator_dir / "evaluator.safetensors").exists():
+        t = time.time()
+        grid = data.memorized < 0  # the judge sees real renders of the grid only
+        model = train_evaluator(data.images[grid], data.objects[grid], data.styles[grid],
+                                EvaluatorSettings(seed=settings.seed), progress)
+        _atomic_dir(evaluator_dir, model.save)
+        timings["evaluator_s"] = time.time() - t
+
+    model_dir = out / "canvas-mini"
+    if not (model_dir / "model_index.json").exists():
+        t = time.time()
+        pipe = train_diffusion(settings, data, progress)
+        _atomic_dir(model_dir, lambda d: pipe.save_pretrained(d, safe_serialization=True))
+        timings["diffusion_s"] = time.time() - t
+    record = {"settings": json.loads(settings.to_json()), "wall_time_s": timings,
+              "torch": torch.__version__, "threads": torch.get_num_threads()}
+    (out / "training.json").write_text(json.dumps(record, indent=2))
+    return model_dir
+
+
+def install_weights(out: str | os.PathLike) -> Path:
+    """Copy a finished training's model and evaluator into the package (the embedded canvas-mini)."""
+    import shutil
+
+    from .model import MODEL_DIR
+
+    src = Path(out)
+    for required in (src / "canvas-mini" / "model_index.json", src / "evaluator" / "evaluator.safetensors"):
+        if not required.exists():
+            raise FileNotFoundError(f"training in {src} is not finished: {required} is missing")
+
+    def write(tmp: Path) -> None:
+        shutil.copytree(src / "canvas-mini", tmp)
+        shutil.copytree(src / "evaluator", tmp / "evaluator")
+        shutil.copy(src / "training.json", tmp / "training.json")
+
+    return _atomic_dir(MODEL_DIR, write)
