@@ -99,7 +99,7 @@ def generate(
     grid = image_grid(images, len(prompt), len(seed_list), row_labels=prompt,
                       col_labels=[f"seed {s}" for s in seed_list], min_cell=128)
     _save_image(grid, out, image_format)
-    typer.echo(f"wrote {out} ({len(prompt)} prompts x {len(seed_list)} seeds)")
+    typer.echo(f"wrote {out} ({_count(len(prompt), 'prompt')} x {_count(len(seed_list), 'seed')})")
 
 
 @app.command()
@@ -128,8 +128,12 @@ def info(
     typer.echo("components:")
     for c in summary.components:
         count = f"{c.parameters:>15,} params" if c.parameters is not None else ""
-        typer.echo(f"  {c.name:<18} {c.class_name:<30} {count}")
+        typer.echo(f"  {c.name:<18} {c.class_name:<30} {count}".rstrip())
     typer.echo(f"  {'total':<18} {'':<30} {summary.total_parameters:>15,} params")
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def _image_format(out: Path) -> str:

@@ -26,7 +26,7 @@ def test_generate_writes_a_labelled_grid(capsys, tmp_path, tiny_sd):
                                 "--seeds", "0-2", "--steps", "2", "--batch-size", "2", "--scheduler", "ddim",
                                 "--out", out)
     assert code == 0, err
-    assert f"wrote {out}" in stdout
+    assert f"wrote {out} (2 prompts x 3 seeds)" in stdout
     grid = Image.open(out)
     # 32 px images enlarged to 128 px cells; 3 columns and 2 rows plus label margins.
     assert grid.width > 3 * 128 and grid.height > 2 * 128
