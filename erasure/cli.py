@@ -91,7 +91,7 @@ def generate(
         make_scheduler(scheduler, {})
     _quiet_libraries()
     pipe = load_pipeline(model, config=config, device=device, dtype=dtype, attention=attention)
-    with _progress_bar("generating") as report:
+    with _ProgressBar("generating") as report:
         images = run_generation(
             pipe, prompt, seeds=seed_list, steps=steps, guidance=guidance, batch_size=batch_size,
             negative_prompt=negative_prompt, scheduler=scheduler, progress=report,
@@ -152,7 +152,7 @@ def _save_image(image, out: Path, image_format: str) -> None:
         image.save(tmp, format=image_format)
 
 
-class _progress_bar:
+class _ProgressBar:
     """A rich progress bar on stderr, fed by the library's ``progress(done, total)`` callback."""
 
     def __init__(self, label: str) -> None:

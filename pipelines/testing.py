@@ -9,6 +9,7 @@ block layout at a size that runs in milliseconds on a CPU.
 
 from __future__ import annotations
 
+import tempfile
 from functools import lru_cache
 
 import torch
@@ -82,7 +83,9 @@ SDXL_SCHEDULER = dict(
 @lru_cache(maxsize=1)
 def clip_tokenizer() -> CLIPTokenizer:
     """CLIP's tokenizer, built once per process (pipelines save their own copy)."""
-    return build_clip_tokenizer()
+    # The tokenizer holds its vocabulary in memory once loaded, so its files need not outlive it.
+    with tempfile.TemporaryDirectory(prefix="clip-tokenizer-") as folder:
+        return build_clip_tokenizer(folder)
 
 
 def random_sd_pipeline(unet: dict, vae: dict, text: dict, scheduler: dict, seed: int = 0) -> StableDiffusionPipeline:
@@ -109,6 +112,12 @@ def sd15_random_pipeline(seed: int = 0) -> StableDiffusionPipeline:
 def tiny_sd_pipeline(seed: int = 0) -> StableDiffusionPipeline:
     """An SD-1.x-layout pipeline small enough for unit tests (32 px images)."""
     return random_sd_pipeline(TINY_SD_UNET, TINY_VAE, TINY_TEXT, SD15_SCHEDULER, seed)
+
+
+def tiny_sd2_pipeline(seed: int = 0) -> StableDiffusionPipeline:
+    """An SD-2.x-layout pipeline (OpenCLIP-style text encoder, linear attention projections), 32 px."""
+    unet = {**TINY_SD_UNET, "use_linear_projection": True, "attention_head_dim": (2, 4)}
+    return random_sd_pipeline(unet, TINY_VAE, {**TINY_TEXT, "hidden_act": "gelu"}, SD15_SCHEDULER, seed)
 
 
 def tiny_sdxl_pipeline(seed: int = 0) -> StableDiffusionXLPipeline:

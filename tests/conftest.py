@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny SD-1.x and SDXL pipelines with random weights, saved once per session.
+"""Shared fixtures: tiny SD-1.x, SD-2.x and SDXL pipelines with random weights, saved once per session.
 
 Everything is offline: HF_HUB_OFFLINE makes any accidental hub access fail instead of downloading.
 """
@@ -47,6 +47,13 @@ def tiny_sd(tmp_path_factory) -> SavedPipeline:
     from erasure.pipelines.testing import tiny_sd_pipeline
 
     return _save(tiny_sd_pipeline(), tmp_path_factory.mktemp("tiny-sd"))
+
+
+@pytest.fixture(scope="session")
+def tiny_sd2(tmp_path_factory) -> SavedPipeline:
+    from erasure.pipelines.testing import tiny_sd2_pipeline
+
+    return _save(tiny_sd2_pipeline(), tmp_path_factory.mktemp("tiny-sd2"))
 
 
 @pytest.fixture(scope="session")

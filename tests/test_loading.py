@@ -14,6 +14,10 @@ from erasure.pipelines import attention as attention_module
 from erasure.pipelines.loading import resolve_dtype
 
 
+LAYOUTS = [("tiny_sd", StableDiffusionPipeline), ("tiny_sd2", StableDiffusionPipeline),
+           ("tiny_sdxl", StableDiffusionXLPipeline)]
+
+
 def _models(pipe) -> dict[str, torch.nn.Module]:
     return {n: c for n, c in pipe.components.items() if isinstance(c, torch.nn.Module)}
 
@@ -27,7 +31,7 @@ def _assert_same_weights(expected, actual) -> None:
             assert torch.equal(want[key], got[key]), f"{name}.{key}"
 
 
-@pytest.mark.parametrize("fixture, cls", [("tiny_sd", StableDiffusionPipeline), ("tiny_sdxl", StableDiffusionXLPipeline)])
+@pytest.mark.parametrize("fixture, cls", LAYOUTS)
 def test_folder_loads_with_class_from_model_index(fixture, cls, request):
     saved = request.getfixturevalue(fixture)
     pipe = load_pipeline(saved.folder, device="cpu")
@@ -39,7 +43,7 @@ def test_folder_loads_with_class_from_model_index(fixture, cls, request):
     _assert_same_weights(saved.pipe, pipe)
 
 
-@pytest.mark.parametrize("fixture, cls", [("tiny_sd", StableDiffusionPipeline), ("tiny_sdxl", StableDiffusionXLPipeline)])
+@pytest.mark.parametrize("fixture, cls", LAYOUTS)
 def test_single_file_round_trip_is_exact(fixture, cls, request):
     saved = request.getfixturevalue(fixture)
     pipe = load_pipeline(saved.single_file, config=saved.folder, device="cpu")
