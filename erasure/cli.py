@@ -82,13 +82,13 @@ def generate(
 ) -> None:
     """Generate a grid of images: one row per prompt, one column per seed, labelled."""
     from erasure.pipelines import generate as run_generation
-    from erasure.pipelines import image_grid, load_pipeline, make_scheduler, parse_seeds
+    from erasure.pipelines import check_scheduler, image_grid, load_pipeline, parse_seeds
 
     # Validate everything cheap before loading weights, so mistakes fail in a second.
     seed_list = parse_seeds(seeds)
     image_format = _image_format(out)
     if scheduler is not None:
-        make_scheduler(scheduler, {})
+        check_scheduler(scheduler)
     _quiet_libraries()
     pipe = load_pipeline(model, config=config, device=device, dtype=dtype, attention=attention)
     with _ProgressBar("generating") as report:

@@ -1,7 +1,7 @@
 """Loading, attention backends, generation and inspection of diffusers text-to-image pipelines."""
 
 from .attention import ATTENTION_CHOICES, active_attention
-from .generation import SCHEDULERS, generate, image_grid, make_scheduler, parse_seeds
+from .generation import SCHEDULERS, check_scheduler, generate, image_grid, make_scheduler, parse_seeds
 from .info import ComponentInfo, PipelineInfo, describe
 from .loading import load_pipeline
 from .single_file import save_single_file
@@ -12,6 +12,7 @@ __all__ = [
     "ComponentInfo",
     "PipelineInfo",
     "active_attention",
+    "check_scheduler",
     "describe",
     "generate",
     "image_grid",

@@ -68,12 +68,17 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
-def make_scheduler(name: str, config: dict) -> diffusers.SchedulerMixin:
-    """A scheduler called ``name`` (see ``SCHEDULERS``) built from a pipeline scheduler's config."""
+def check_scheduler(name: str) -> str:
+    """The ``SCHEDULERS`` key for ``name`` (case and spaces ignored); ErasureInputError if unknown."""
     key = name.strip().lower()
     if key not in SCHEDULERS:
         raise ErasureInputError(f"unknown scheduler {name!r}; expected one of {', '.join(SCHEDULERS)}")
-    class_name, overrides = SCHEDULERS[key]
+    return key
+
+
+def make_scheduler(name: str, config: dict) -> diffusers.SchedulerMixin:
+    """A scheduler called ``name`` (see ``SCHEDULERS``) built from a pipeline scheduler's config."""
+    class_name, overrides = SCHEDULERS[check_scheduler(name)]
     return getattr(diffusers, class_name).from_config(config, **overrides)
 
 
