@@ -160,7 +160,7 @@ def train_evaluator(images: np.ndarray, objects: np.ndarray, styles: np.ndarray,
         opt.step()
         sched.step()
         if progress:
-            progress("evaluator", step, s.steps, {"loss": float(loss), "s/step": (time.time() - start) / step})
+            progress("evaluator", step, s.steps, {"loss": loss.item(), "s/step": (time.time() - start) / step})
     return model.eval()
 
 
@@ -174,3 +174,18 @@ def accuracy(model: CanvasEvaluator, images: np.ndarray, objects: np.ndarray, st
         hits_o += int((po.numpy() == objects[i:i + batch_size]).sum())
         hits_s += int((ps.numpy() == styles[i:i + batch_size]).sum())
     return hits_o / len(images), hits_s / len(images)
+
+
+def load_evaluator(directory: str | os.PathLike | None = None) -> CanvasEvaluator:
+    """The shipped evaluator (beside the embedded model) or one saved in ``directory``."""
+    from erasure.errors import ErasureInputError
+
+    from .model import MODEL_DIR
+
+    directory = Path(directory) if directory is not None else MODEL_DIR / "evaluator"
+    if not (directory / "evaluator.safetensors").is_file():
+        raise ErasureInputError(
+            f"no canvas-mini evaluator in {directory}: expected evaluator.safetensors and evaluator.json "
+            "(`erasure canvas train --out DIR` builds one)"
+        )
+    return CanvasEvaluator.load(directory)

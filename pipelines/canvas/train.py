@@ -65,6 +65,7 @@ def _atomic_save(obj, path: Path) -> None:
 
 def prepare_data(settings: TrainSettings) -> CanvasData:
     path = Path(settings.out) / "data.npz"
+    path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists():
         return CanvasData.load(path)
     data = CanvasData.build(settings.per_pair, settings.memorization_repeats, seed=settings.seed)
@@ -118,6 +119,7 @@ def _lr_lambda(d: DiffusionSettings):
 def train_diffusion(settings: TrainSettings, data: CanvasData, progress: ProgressFn | None = None):
     """Train (or resume) the text encoder and UNet; returns the pipeline holding the EMA weights."""
     out = Path(settings.out)
+    out.mkdir(parents=True, exist_ok=True)
     d = settings.diffusion
     torch.manual_seed(settings.seed)
     pipe = build_untrained(out / "tokenizer")
@@ -157,7 +159,7 @@ def train_diffusion(settings: TrainSettings, data: CanvasData, progress: Progres
             for k, p in params.items():
                 ema[k].lerp_(p.detach(), 1 - decay)
         if progress:
-            progress("diffusion", step, d.steps, {"loss": float(loss), "s/step": (time.time() - start) / step})
+            progress("diffusion", step, d.steps, {"loss": loss.item(), "s/step": (time.time() - start) / step})
         if step % d.checkpoint_every == 0 or step == d.steps:
             _atomic_save({"unet": unet.state_dict(), "text_encoder": te.state_dict(),
                           "optimizer": opt.state_dict(), "lr_scheduler": sched.state_dict(),
