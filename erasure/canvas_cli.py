@@ -48,3 +48,26 @@ def train(
     typer.echo(f"canvas-mini written to {model_dir}")
     if install:
         typer.echo(f"installed as the embedded model: {install_weights(out)}")
+
+
+@app.command()
+def render(
+    out: Path = typer.Option(..., help="PNG file for the grid of real renders (objects x styles)."),
+    seed: int = typer.Option(0, help="Render seed."),
+    scale: int = typer.Option(3, min=1, max=16, help="Pixel upscale of each 32x32 cell."),
+) -> None:
+    """Draw the training data's objects x styles grid: what each concept looks like."""
+    from erasure.atomic import atomic_path
+    from erasure.errors import ErasureInputError
+    from erasure.pipelines import image_grid
+    from erasure.pipelines.canvas.render import OBJECTS, STYLES, RESOLUTION
+    from erasure.pipelines.canvas.render import render as draw
+
+    if out.suffix.lower() != ".png":
+        raise ErasureInputError(f"--out must be a .png file, got {out}")
+    size = RESOLUTION * scale
+    cells = [draw(o, s, seed).resize((size, size), 0) for o in OBJECTS for s in STYLES]
+    grid = image_grid(cells, rows=len(OBJECTS), cols=len(STYLES), row_labels=list(OBJECTS), col_labels=list(STYLES))
+    with atomic_path(out) as tmp:
+        grid.save(tmp, format="PNG")
+    typer.echo(f"wrote {out}")

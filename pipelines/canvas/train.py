@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import random
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,6 +22,8 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from erasure.atomic import atomic_path
 
 from .data import CanvasData, to_tensor, training_caption
 from .model import build_untrained
@@ -33,7 +36,7 @@ ProgressFn = Callable[[str, int, int, dict], None]
 
 @dataclass
 class DiffusionSettings:
-    steps: int = 4000
+    steps: int = 1500
     batch_size: int = 32
     lr: float = 1e-3
     text_lr: float = 5e-4
@@ -51,6 +54,7 @@ class TrainSettings:
     per_pair: int = 384
     memorization_repeats: int = 96
     threads: int = 0  # 0: torch's default
+    clip: bool = True  # also train the tiny open_clip CLIP (for CLIP score)
     diffusion: DiffusionSettings = field(default_factory=DiffusionSettings)
 
     def to_json(self) -> str:
@@ -58,9 +62,8 @@ class TrainSettings:
 
 
 def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def prepare_data(settings: TrainSettings) -> CanvasData:
@@ -69,9 +72,8 @@ def prepare_data(settings: TrainSettings) -> CanvasData:
     if path.exists():
         return CanvasData.load(path)
     data = CanvasData.build(settings.per_pair, settings.memorization_repeats, seed=settings.seed)
-    tmp = path.with_name("data.tmp.npz")
-    data.save(tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        data.save(f)
     return data
 
 
@@ -141,7 +143,7 @@ def train_diffusion(settings: TrainSettings, data: CanvasData, progress: Progres
         ema, step = state["ema"], state["step"]
         logger.info("resumed diffusion training at step %d", step)
     noise_sched = pipe.scheduler
-    start = time.time()
+    start, first_step = time.time(), step
     while step < d.steps:
         x0, captions, noise, t = _batch(data, settings, step)
         xt = noise_sched.add_noise(x0, noise, t)
@@ -159,7 +161,7 @@ def train_diffusion(settings: TrainSettings, data: CanvasData, progress: Progres
             for k, p in params.items():
                 ema[k].lerp_(p.detach(), 1 - decay)
         if progress:
-            progress("diffusion", step, d.steps, {"loss": loss.item(), "s/step": (time.time() - start) / step})
+            progress("diffusion", step, d.steps, {"loss": loss.item(), "s/step": (time.time() - start) / (step - first_step)})
         if step % d.checkpoint_every == 0 or step == d.steps:
             _atomic_save({"unet": unet.state_dict(), "text_encoder": te.state_dict(),
                           "optimizer": opt.state_dict(), "lr_scheduler": sched.state_dict(),
@@ -179,20 +181,17 @@ def _load_ema(pipe, ema: dict[str, torch.Tensor]) -> None:
 # ----------------------------------------------------------------------------- all stages
 def _atomic_dir(final: Path, write: Callable[[Path], None]) -> Path:
     """Write a folder under a temporary name, then rename: a killed run never leaves a half folder."""
-    import shutil
-
-    tmp = final.with_name(final.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    write(tmp)
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
+    with atomic_path(final) as tmp:
+        write(tmp)
+        shutil.rmtree(final, ignore_errors=True)  # an older version is replaced only once the new one is complete
     return final
 
 
 def train_all(settings: TrainSettings, progress: ProgressFn | None = None) -> Path:
-    """Build data, evaluator and model into ``settings.out``; resumes whatever is already there.
+    """Build data, evaluator, CLIP and model into ``settings.out``; resumes whatever is already there.
 
-    Returns the folder ``<out>/canvas-mini`` holding the pipeline and, in ``evaluator/``, the judge.
+    Returns the folder ``<out>/canvas-mini`` holding the pipeline; the evaluator and CLIP are in
+    ``<out>/evaluator`` and ``<out>/clip``.
     """
     from .evaluator import EvaluatorSettings, train_evaluator
 
@@ -215,6 +214,15 @@ def train_all(settings: TrainSettings, progress: ProgressFn | None = None) -> Pa
         _atomic_dir(evaluator_dir, model.save)
         timings["evaluator_s"] = time.time() - t
 
+    clip_dir = out / "clip"
+    if settings.clip and not (clip_dir / "open_clip_model.safetensors").exists():
+        from .clip import ClipSettings, save_clip, train_clip
+
+        t = time.time()
+        clip = train_clip(data, ClipSettings(seed=settings.seed), progress)
+        _atomic_dir(clip_dir, lambda d: save_clip(clip, d))
+        timings["clip_s"] = time.time() - t
+
     model_dir = out / "canvas-mini"
     if not (model_dir / "model_index.json").exists():
         t = time.time()
@@ -229,8 +237,6 @@ def train_all(settings: TrainSettings, progress: ProgressFn | None = None) -> Pa
 
 def install_weights(out: str | os.PathLike) -> Path:
     """Copy a finished training's model and evaluator into the package (the embedded canvas-mini)."""
-    import shutil
-
     from .model import MODEL_DIR
 
     src = Path(out)
@@ -241,6 +247,8 @@ def install_weights(out: str | os.PathLike) -> Path:
     def write(tmp: Path) -> None:
         shutil.copytree(src / "canvas-mini", tmp)
         shutil.copytree(src / "evaluator", tmp / "evaluator")
+        if (src / "clip").is_dir():
+            shutil.copytree(src / "clip", tmp / "clip")
         shutil.copy(src / "training.json", tmp / "training.json")
 
     return _atomic_dir(MODEL_DIR, write)
