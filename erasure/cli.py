@@ -132,6 +132,71 @@ def info(
     typer.echo(f"  {'total':<18} {'':<30} {summary.total_parameters:>15,} params")
 
 
+@app.command()
+def erase(
+    concept: Annotated[list[str], typer.Option("--concept", "-c", help="Concept to erase; repeat for several.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder to write (checkpoints, edit.safetensors, manifest.json).")],
+    method: Annotated[str, typer.Option("--method", help="Erasure method (esd, ...).")] = "esd",
+    model: ModelOpt = "canvas-mini",
+    kind: Annotated[str, typer.Option("--kind", help="style, object, nudity, memorized or custom.")] = "custom",
+    anchor: Annotated[Optional[str], typer.Option("--anchor", help="What the concept should become (methods that use one).")] = None,
+    prompt: Annotated[Optional[list[str]], typer.Option("--prompt", "-p", help="Prompt that evokes the concept (default per kind); repeat for several.")] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", help="Method config file (.yaml or .json), e.g. configs/esd/canvas-mini-style.yaml.")] = None,
+    steps: Annotated[Optional[int], typer.Option("--steps", help="Training steps (overrides the config).")] = None,
+    lr: Annotated[Optional[float], typer.Option("--lr", help="Learning rate (overrides the config).")] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Seed (overrides the config).")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Any config value, KEY=VALUE (YAML value); repeatable.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the unfinished run in --out from its last checkpoint.")] = False,
+    export_full: Annotated[bool, typer.Option("--export-full", help="Also save the whole erased pipeline under OUT/full.")] = False,
+    model_config: Annotated[Optional[Path], typer.Option("--model-config", help="For a single-file checkpoint: local diffusers folder with the component configs.")] = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    attention: AttentionOpt = "auto",
+) -> None:
+    """Erase a concept from a model; writes a run folder that `load_erased` and the other commands read."""
+    from erasure.api import check_output, method_config
+    from erasure.request import ErasureRequest
+
+    # Everything that costs nothing is checked before the model loads and before OUT is created.
+    request = ErasureRequest(targets=concept, kind=kind, anchor=anchor, prompts=prompt)
+    overrides = _parse_sets(set_ or [])
+    overrides.update({k: v for k, v in (("steps", steps), ("lr", lr), ("seed", seed)) if v is not None})
+    cfg = method_config(method, config, **overrides)
+    check_output(out, resume)
+    if model == "canvas-mini":
+        request.resolve("canvas-mini")  # unknown canvas styles/objects fail here, before loading
+    _quiet_libraries()
+    from erasure.api import erase as run_erase
+    from erasure.pipelines import load_pipeline
+
+    pipe = load_pipeline(model, config=model_config, device=device, dtype=dtype, attention=attention)
+    with _StageBars() as bars:
+        edit = run_erase(pipe, request, method, config=cfg, out=out, resume=resume, export_full=export_full,
+                         progress=bars)
+    size = edit.size()
+    cost = edit.cost
+    typer.echo(
+        f"wrote {out}: {method} edit of {_count(size['tensors'], 'tensor')} ({size['parameters']:,} parameters, "
+        f"{size['bytes'] / 1e6:.1f} MB) in {cost.get('wall_seconds', 0):.1f} s, peak memory "
+        f"{cost.get('peak_memory_bytes', 0) / 2**30:.2f} GiB"
+    )
+
+
+def _parse_sets(items: list[str]) -> dict:
+    import yaml
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ErasureInputError(f"--set {item!r}: expected KEY=VALUE")
+        try:
+            out[key.strip()] = yaml.safe_load(value) if value.strip() else None
+        except yaml.YAMLError:
+            raise ErasureInputError(f"--set {item!r}: unreadable value") from None
+    return out
+
+
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" + ("" if n == 1 else "s")
 
@@ -177,6 +242,33 @@ class _ProgressBar:
         if self._task is None:
             self._task = self._progress.add_task(self._label, total=total)
         self._progress.update(self._task, completed=done)
+
+
+class _StageBars:
+    """One rich progress bar per stage on stderr, fed by ``progress(stage, done, total, metrics)``."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self._progress = Progress(
+            TextColumn("{task.description:>12}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+            TextColumn("{task.fields[info]}"), console=Console(stderr=True), transient=True,
+        )
+        self._tasks: dict[str, int] = {}
+
+    def __enter__(self):
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._progress.stop()
+
+    def __call__(self, stage: str, done: int, total: int, metrics: dict) -> None:
+        if stage not in self._tasks:
+            self._tasks[stage] = self._progress.add_task(stage, total=total, info="")
+        info = " ".join(f"{k}={v:.4g}" for k, v in metrics.items())
+        self._progress.update(self._tasks[stage], completed=done, info=info)
 
 
 def _fail(message: str, code: int = 2) -> None:

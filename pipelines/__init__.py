@@ -1,6 +1,7 @@
 """Loading, attention backends, generation and inspection of diffusers text-to-image pipelines."""
 
 from .attention import ATTENTION_CHOICES, active_attention
+from .erased import load_erased
 from .generation import SCHEDULERS, check_scheduler, generate, image_grid, make_scheduler, parse_seeds
 from .info import ComponentInfo, PipelineInfo, describe
 from .loading import load_pipeline
@@ -16,6 +17,7 @@ __all__ = [
     "describe",
     "generate",
     "image_grid",
+    "load_erased",
     "load_pipeline",
     "make_scheduler",
     "parse_seeds",

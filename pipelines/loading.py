@@ -85,9 +85,19 @@ def load_pipeline(
     backend = resolve_attention(attention, torch_device)
     pipe = _load(source, config, torch_dtype)
     pipe.to(torch_device)
+    # Recorded for run manifests (erasure.edit), so an erased model names the base it needs.
+    pipe._erasure_source = {"source": _source_name(source), "config": None if config is None else str(Path(config).expanduser().resolve())}
     apply_attention(pipe, backend)
     logger.info("loaded %s on %s (%s, attention %s)", type(pipe).__name__, torch_device, torch_dtype, backend)
     return pipe
+
+
+def _source_name(source: str | os.PathLike) -> str:
+    from .canvas import model as canvas_model
+
+    if str(source) == canvas_model.EMBEDDED_MODEL_NAME:
+        return str(source)
+    return str(Path(source).expanduser().resolve())
 
 
 def resolve_device(device: str) -> torch.device:

@@ -1,0 +1,229 @@
+"""Diffusion arithmetic every erasure method shares, written once.
+
+- ``add_noise`` / ``x0_from_output`` / ``eps_from_output``: the forward process and the clean-sample
+  and noise estimates from a UNet output, for every ``prediction_type`` a diffusers scheduler can
+  carry ("epsilon", "v_prediction", "sample"), from the scheduler's ``alphas_cumprod``.
+- ``cfg``: classifier-free guidance.
+- ``TextConditioner``: prompt embeddings (and, for SDXL, the added conditioning) for a pipeline.
+- ``sample_partial_trajectories``: run the frozen model with a prompt from pure noise (DDIM,
+  classifier-free guidance) and stop each sample at its own depth, returning the x_t "where the
+  concept lives" that ESD, AdvUnlearn and DoCo train on. Batched: samples of similar depth are
+  stepped together, and each sample's starting noise comes from its own seed, so the result does
+  not depend on the batch size.
+
+Everything here is stateless; the UNet is whatever module the caller passes (the frozen one).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from diffusers import DDIMScheduler
+
+from erasure.errors import ErasureInputError
+
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+
+
+def prediction_type(scheduler) -> str:
+    kind = getattr(scheduler.config, "prediction_type", "epsilon") or "epsilon"
+    if kind not in PREDICTION_TYPES:
+        raise ErasureInputError(f"unsupported prediction type {kind!r}; expected one of {', '.join(PREDICTION_TYPES)}")
+    return kind
+
+
+def alphas_cumprod(scheduler, device: torch.device | str = "cpu") -> torch.Tensor:
+    """The scheduler's cumulative alpha products (float64 is not needed; float32 on ``device``)."""
+    if not hasattr(scheduler, "alphas_cumprod"):
+        raise ErasureInputError(f"{type(scheduler).__name__} has no alphas_cumprod; a DDPM-family noise schedule is needed")
+    return torch.as_tensor(scheduler.alphas_cumprod, dtype=torch.float32).to(device)
+
+
+def _coefficients(ac: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """sqrt(a_t) and sqrt(1 - a_t) for timesteps ``t`` (scalar or per sample), broadcast to ``like``."""
+    t = torch.as_tensor(t, device=ac.device).long().reshape(-1)
+    a = ac[t].to(like.device, torch.float32)
+    shape = (-1,) + (1,) * (like.ndim - 1)
+    return a.sqrt().reshape(shape), (1 - a).sqrt().reshape(shape)
+
+
+def add_noise(ac: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor, t) -> torch.Tensor:
+    """q(x_t | x_0): ``sqrt(a_t) x0 + sqrt(1 - a_t) noise``."""
+    sa, sb = _coefficients(ac, t, x0)
+    return (sa * x0.float() + sb * noise.float()).to(x0.dtype)
+
+
+def x0_from_output(ac: torch.Tensor, output: torch.Tensor, x_t: torch.Tensor, t, kind: str) -> torch.Tensor:
+    """Clean-sample estimate from a model output of the given prediction type."""
+    sa, sb = _coefficients(ac, t, x_t)
+    out, x = output.float(), x_t.float()
+    if kind == "epsilon":
+        x0 = (x - sb * out) / sa
+    elif kind == "v_prediction":
+        x0 = sa * x - sb * out
+    elif kind == "sample":
+        x0 = out
+    else:
+        raise ErasureInputError(f"unsupported prediction type {kind!r}")
+    return x0.to(output.dtype)
+
+
+def eps_from_output(ac: torch.Tensor, output: torch.Tensor, x_t: torch.Tensor, t, kind: str) -> torch.Tensor:
+    """Noise estimate from a model output of the given prediction type."""
+    sa, sb = _coefficients(ac, t, x_t)
+    out, x = output.float(), x_t.float()
+    if kind == "epsilon":
+        eps = out
+    elif kind == "v_prediction":
+        eps = sa * out + sb * x
+    elif kind == "sample":
+        eps = (x - sa * out) / sb
+    else:
+        raise ErasureInputError(f"unsupported prediction type {kind!r}")
+    return eps.to(output.dtype)
+
+
+def velocity(ac: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor, t) -> torch.Tensor:
+    """The v-prediction target ``sqrt(a_t) noise - sqrt(1 - a_t) x0``."""
+    sa, sb = _coefficients(ac, t, x0)
+    return (sa * noise.float() - sb * x0.float()).to(x0.dtype)
+
+
+def cfg(uncond: torch.Tensor, cond: torch.Tensor, scale: float) -> torch.Tensor:
+    """Classifier-free guidance: ``uncond + scale * (cond - uncond)``."""
+    return uncond + scale * (cond - uncond)
+
+
+# ----------------------------------------------------------------------------- text conditions
+@dataclass
+class Conditions:
+    """What a UNet call needs besides x_t and t: text features and, for SDXL, added conditions."""
+
+    hidden: torch.Tensor
+    added: dict[str, torch.Tensor] | None = None
+
+    def __len__(self) -> int:
+        return self.hidden.shape[0]
+
+    def index(self, idx: torch.Tensor | Sequence[int]) -> "Conditions":
+        idx = torch.as_tensor(idx, device=self.hidden.device).long()
+        added = None if self.added is None else {k: v[idx.to(v.device)] for k, v in self.added.items()}
+        return Conditions(self.hidden[idx], added)
+
+    @staticmethod
+    def cat(parts: Sequence["Conditions"]) -> "Conditions":
+        hidden = torch.cat([p.hidden for p in parts])
+        added = None
+        if parts[0].added is not None:
+            added = {k: torch.cat([p.added[k] for p in parts]) for k in parts[0].added}
+        return Conditions(hidden, added)
+
+    def unet_kwargs(self) -> dict:
+        kwargs = {"encoder_hidden_states": self.hidden}
+        if self.added is not None:
+            kwargs["added_cond_kwargs"] = self.added
+        return kwargs
+
+
+class TextConditioner:
+    """Encodes prompts into ``Conditions`` for a Stable Diffusion (1.x, 2.x, XL) or canvas-mini pipeline.
+
+    Runs under the caller's grad mode, so a method that trains the text encoder can encode with
+    gradients. SDXL's size conditioning is (resolution, resolution, 0, 0, resolution, resolution).
+    """
+
+    def __init__(self, pipe, resolution: int) -> None:
+        self.pipe = pipe
+        self.resolution = resolution
+        self.xl = hasattr(pipe, "text_encoder_2")
+
+    @property
+    def device(self) -> torch.device:
+        return self.pipe.unet.device
+
+    def __call__(self, prompts: Sequence[str]) -> Conditions:
+        prompts = list(prompts)
+        if not self.xl:
+            hidden, _ = self.pipe.encode_prompt(prompts, self.device, 1, False)
+            return Conditions(hidden)
+        hidden, _, pooled, _ = self.pipe.encode_prompt(
+            prompts, device=self.device, num_images_per_prompt=1, do_classifier_free_guidance=False
+        )
+        r = self.resolution
+        time_ids = torch.tensor([[r, r, 0, 0, r, r]], dtype=hidden.dtype, device=self.device).repeat(len(prompts), 1)
+        return Conditions(hidden, {"text_embeds": pooled, "time_ids": time_ids})
+
+
+def unet_output(unet, x_t: torch.Tensor, t: torch.Tensor, cond: Conditions) -> torch.Tensor:
+    """The UNet's raw output (in its prediction type) for a batch; ``t`` per sample or scalar."""
+    t = torch.as_tensor(t, device=x_t.device)
+    if t.ndim == 0:
+        t = t.expand(x_t.shape[0])
+    return unet(x_t, t, **cond.unet_kwargs(), return_dict=False)[0]
+
+
+# ----------------------------------------------------------------------------- trajectories
+def latent_shape(pipe, resolution: int | None = None) -> tuple[int, int, int]:
+    """(channels, height, width) of the UNet's input for images of ``resolution`` pixels."""
+    scale = getattr(pipe, "vae_scale_factor", 8) or 1
+    size = pipe.unet.config.sample_size
+    size = size if isinstance(size, int) else size[0]
+    side = size if resolution is None else resolution // scale
+    return (pipe.unet.config.in_channels, side, side)
+
+
+def native_resolution(pipe) -> int:
+    scale = getattr(pipe, "vae_scale_factor", 8) or 1
+    size = pipe.unet.config.sample_size
+    return (size if isinstance(size, int) else size[0]) * scale
+
+
+def ddim_for(scheduler, steps: int) -> DDIMScheduler:
+    """A DDIM sampler with the pipeline scheduler's noise schedule and prediction type, set to ``steps``."""
+    ddim = DDIMScheduler.from_config(scheduler.config)
+    ddim.set_timesteps(steps)
+    return ddim
+
+
+def initial_noise(seeds: Sequence[int], shape: tuple[int, ...], device, dtype) -> torch.Tensor:
+    """One standard-normal sample per seed, drawn on the CPU (the same on every device)."""
+    out = [torch.randn(shape, generator=torch.Generator("cpu").manual_seed(int(s))) for s in seeds]
+    return torch.stack(out).to(device, dtype)
+
+
+@torch.no_grad()
+def sample_partial_trajectories(
+    unet,
+    ddim: DDIMScheduler,
+    cond: Conditions,
+    uncond: Conditions,
+    depths: Sequence[int],
+    seeds: Sequence[int],
+    shape: tuple[int, int, int],
+    guidance: float,
+) -> torch.Tensor:
+    """Run DDIM (eta 0) with guidance from each sample's own noise for ``depths[i]`` steps.
+
+    ``cond`` holds one condition per sample; ``uncond`` one (broadcast) or one per sample. Sample i
+    stops after ``depths[i]`` steps, so it lies at noise level ``ddim.timesteps[depths[i]]``; the
+    batch runs for the largest depth and finished samples are held fixed. Returns x_t (B, *shape).
+    """
+    n = len(depths)
+    if len(cond) != n or len(seeds) != n:
+        raise ValueError("one condition, depth and seed per sample")
+    if len(uncond) == 1 and n > 1:
+        uncond = uncond.index([0] * n)
+    dtype = cond.hidden.dtype
+    x = initial_noise(seeds, shape, unet.device, dtype) * ddim.init_noise_sigma
+    depth = torch.as_tensor(list(depths), device=unet.device)
+    both = Conditions.cat([uncond, cond])
+    for i, t in enumerate(ddim.timesteps[: int(depth.max().item()) if n else 0]):
+        active = depth > i
+        model_in = ddim.scale_model_input(torch.cat([x, x]), t)
+        out_u, out_c = unet_output(unet, model_in, t, both).chunk(2)
+        guided = cfg(out_u, out_c, guidance)
+        stepped = ddim.step(guided, t, x, eta=0.0, return_dict=False)[0]
+        x = torch.where(active.reshape(-1, 1, 1, 1), stepped.to(x.dtype), x)
+    return x

@@ -1,0 +1,206 @@
+"""The result of an erasure: ``Edit`` (the changed tensors and what produced them) and its run folder.
+
+A finished run folder holds::
+
+    manifest.json       method, config, request, base model (source, pipeline class, fingerprint of
+                        its weights), library versions, seed, cost, edit size
+    edit.safetensors    only the tensors the method changed, keyed "component.parameter"
+                        (e.g. "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight")
+    full/               optional: the whole erased pipeline as a diffusers folder (save_pretrained)
+
+``manifest.json`` is written last, through a temporary name and a rename, so a folder without it is
+never mistaken for a finished run (while a run trains, the folder holds only ``checkpoint/``).
+``erasure.pipelines.load_erased(run_dir)`` turns a run folder back into a pipeline.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from erasure.atomic import atomic_path
+from erasure.errors import ErasureInputError
+
+FORMAT = "erasure-run"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+EDIT_FILE = "edit.safetensors"
+FULL_EXPORT = "full"
+CHECKPOINT_DIR = "checkpoint"
+
+
+def pipeline_modules(pipe) -> dict[str, torch.nn.Module]:
+    """The pipeline's torch components by name (unet, text_encoder, vae, ...), sorted."""
+    return {name: comp for name, comp in sorted(pipe.components.items()) if isinstance(comp, torch.nn.Module)}
+
+
+def fingerprint(pipe) -> str:
+    """SHA-256 over every component's tensor names, shapes and values rounded to bfloat16.
+
+    Rounding to bfloat16 makes the fingerprint the same for a model loaded in float32 or bfloat16
+    (one rounding either way); it still separates any two different trainings. A float16 load of a
+    float32 model can round tiny weights differently and then does not match.
+    """
+    h = hashlib.sha256()
+    for comp_name, module in pipeline_modules(pipe).items():
+        for name, tensor in module.state_dict().items():
+            t = tensor.detach()
+            h.update(f"{comp_name}.{name}:{tuple(t.shape)}:".encode())
+            if t.is_floating_point():
+                t = t.to(torch.bfloat16)
+            t = t.contiguous().cpu()
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return "sha256:" + h.hexdigest()
+
+
+def library_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for dist in ("erasure", "torch", "diffusers", "transformers", "accelerate", "safetensors"):
+        try:
+            out[dist] = version(dist)
+        except PackageNotFoundError:
+            out[dist] = "not installed"
+    return out
+
+
+def base_description(pipe, source: str | None = None, config: str | None = None) -> dict:
+    """What the manifest records about the base model (source, class, dtype, fingerprint)."""
+    recorded = getattr(pipe, "_erasure_source", None) or {}
+    unet = getattr(pipe, "unet", None)
+    return {
+        "source": source if source is not None else recorded.get("source"),
+        "config": config if config is not None else recorded.get("config"),
+        "pipeline": type(pipe).__name__,
+        "dtype": str(unet.dtype).replace("torch.", "") if unet is not None else None,
+        "fingerprint": fingerprint(pipe),
+    }
+
+
+def _split_key(key: str) -> tuple[str, str]:
+    comp, _, name = key.partition(".")
+    return comp, name
+
+
+@dataclass
+class Edit:
+    """The tensors an erasure changed (float32, CPU) and the record of how it was made."""
+
+    method: str
+    config: dict
+    request: dict
+    tensors: dict[str, torch.Tensor]
+    base: dict
+    seed: int | None = None
+    cost: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)
+
+    # -- applying
+    def apply(self, pipe):
+        """Write the edited tensors into ``pipe`` (in place, cast to each parameter's dtype); returns it."""
+        modules = pipeline_modules(pipe)
+        with torch.no_grad():
+            for key, value in self.tensors.items():
+                comp, name = _split_key(key)
+                if comp not in modules:
+                    raise ErasureInputError(f"edit tensor {key}: the pipeline has no component {comp!r}")
+                try:
+                    param = modules[comp].get_parameter(name)
+                except AttributeError:
+                    raise ErasureInputError(f"edit tensor {key}: no such parameter in {comp}") from None
+                if tuple(param.shape) != tuple(value.shape):
+                    raise ErasureInputError(f"edit tensor {key}: shape {tuple(value.shape)} != {tuple(param.shape)}")
+                param.copy_(value.to(param.device, param.dtype))
+        return pipe
+
+    def size(self) -> dict:
+        return {
+            "tensors": len(self.tensors),
+            "parameters": int(sum(t.numel() for t in self.tensors.values())),
+            "bytes": int(sum(t.numel() * t.element_size() for t in self.tensors.values())),
+            "components": sorted({_split_key(k)[0] for k in self.tensors}),
+        }
+
+    # -- the run folder
+    def manifest(self) -> dict:
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "method": self.method,
+            "config": self.config,
+            "request": self.request,
+            "base": self.base,
+            "seed": self.seed,
+            "cost": self.cost,
+            "edit": {"file": EDIT_FILE, "dtype": "float32", **self.size()},
+            "versions": library_versions(),
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "extra": self.extra,
+        }
+
+    def save(self, run_dir: str | os.PathLike, *, pipe=None, export_full: bool = False) -> Path:
+        """Write the run folder (edit, optional full export, then the manifest) and drop checkpoints."""
+        from safetensors.torch import save_file
+
+        run = Path(run_dir)
+        run.mkdir(parents=True, exist_ok=True)
+        with atomic_path(run / EDIT_FILE) as tmp:
+            save_file({k: v.contiguous() for k, v in self.tensors.items()}, str(tmp),
+                      metadata={"format": FORMAT, "method": self.method})
+        if export_full:
+            if pipe is None:
+                raise ValueError("export_full needs the erased pipeline")
+            with atomic_path(run / FULL_EXPORT) as tmp:
+                pipe.save_pretrained(tmp, safe_serialization=True)
+        manifest = self.manifest()
+        manifest["edit"]["file_bytes"] = (run / EDIT_FILE).stat().st_size
+        manifest["full_export"] = FULL_EXPORT if export_full else None
+        with atomic_path(run / MANIFEST) as tmp:
+            tmp.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        shutil.rmtree(run / CHECKPOINT_DIR, ignore_errors=True)
+        return run
+
+    @classmethod
+    def load(cls, run_dir: str | os.PathLike) -> "Edit":
+        """Read a finished run folder."""
+        from safetensors.torch import load_file
+
+        manifest = read_manifest(run_dir)
+        edit_path = Path(run_dir) / manifest["edit"]["file"]
+        if not edit_path.is_file():
+            raise ErasureInputError(f"{run_dir}: {manifest['edit']['file']} is missing")
+        return cls(
+            method=manifest["method"], config=manifest["config"], request=manifest["request"],
+            tensors=load_file(str(edit_path)), base=manifest["base"], seed=manifest.get("seed"),
+            cost=manifest.get("cost", {}), extra=manifest.get("extra", {}),
+        )
+
+
+def read_manifest(run_dir: str | os.PathLike) -> dict:
+    """The manifest of a finished run folder, with one-line errors for anything else."""
+    run = Path(run_dir).expanduser()
+    if not run.is_dir():
+        raise ErasureInputError(f"run folder not found: {run}")
+    path = run / MANIFEST
+    if not path.is_file():
+        if (run / CHECKPOINT_DIR).exists():
+            raise ErasureInputError(f"{run}: unfinished run (no {MANIFEST}); continue it with --resume")
+        raise ErasureInputError(f"{run}: not a run folder (no {MANIFEST})")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ErasureInputError(f"{path}: malformed JSON ({exc})") from None
+    if manifest.get("format") != FORMAT:
+        raise ErasureInputError(f"{path}: not an erasure run manifest")
+    if manifest.get("format_version", 0) > FORMAT_VERSION:
+        raise ErasureInputError(f"{path}: format version {manifest['format_version']} is newer than this toolkit's")
+    return manifest

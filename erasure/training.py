@@ -1,0 +1,328 @@
+"""Training machinery every erasure method shares: parameter selection, frozen copies, the loop.
+
+- ``select_parameters(module, preset_or_patterns)``: the tensors a method trains, by named preset
+  ("attn2", "non-attn2", "attn2-kv", "ffn", "text-encoder-layers", "all") or regular expressions
+  over parameter names.
+- ``FrozenCopy``: keeps the original values of only the trained tensors (not a second model),
+  can swap them into the live module for a frozen-model call (``with frozen.original(): ...``) and
+  reports which tensors changed.
+- ``TrainLoop``: an ``accelerate.Accelerator`` loop (mixed precision, gradient checkpointing on
+  request) with fp32 master copies of the trained tensors, progress callbacks, cost accounting and
+  atomic checkpoints every N steps that ``resume`` continues from exactly.
+- ``CostMeter``: wall time and peak memory (CUDA max allocated, else process peak RSS).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import resource
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from erasure.atomic import atomic_path
+from erasure.errors import ErasureInputError
+
+logger = logging.getLogger(__name__)
+
+#: progress(stage, done, total, metrics): the CLI draws one bar per stage from it.
+ProgressFn = Callable[[str, int, int, dict], None]
+
+_LAYER_TYPES = (torch.nn.Linear, torch.nn.Conv2d)
+
+#: Named parameter sets. Each is (regular expression a parameter name must match, expression it must
+#: not match, whether only Linear/Conv2d weights and biases count).
+PARAMETER_PRESETS: dict[str, tuple[str, str | None, bool]] = {
+    # UNet cross-attention (ESD-x): every projection of attn2.
+    "attn2": (r"(^|\.)attn2\.", None, True),
+    # Cross-attention keys and values only (DoCo, ESD-x-strict).
+    "attn2-kv": (r"(^|\.)attn2\.to_(k|v)\.", None, True),
+    # Everything but cross-attention (ESD-u): every Linear/Conv2d outside attn2.
+    "non-attn2": (r".*", r"(^|\.)attn2\.", True),
+    # Transformer feed-forward layers.
+    "ffn": (r"(^|\.)ff\.net\.", None, True),
+    # Text-encoder transformer layers and final norm (AdvUnlearn); embeddings excluded.
+    "text-encoder-layers": (r"(^|\.)(encoder\.layers\.|final_layer_norm\.)", None, False),
+    "all": (r".*", None, False),
+}
+
+
+def select_parameters(module: torch.nn.Module, selection: str | Sequence[str]) -> dict[str, torch.nn.Parameter]:
+    """Parameters of ``module`` chosen by a preset name or by regular expressions over names.
+
+    ``selection``: a key of ``PARAMETER_PRESETS``, or a list of regular expressions (a parameter is
+    chosen when any matches, searched anywhere in its dotted name). Raises ``ErasureInputError`` when
+    nothing matches.
+    """
+    if isinstance(selection, str):
+        if selection not in PARAMETER_PRESETS:
+            raise ErasureInputError(
+                f"unknown parameter set {selection!r}; expected one of {', '.join(PARAMETER_PRESETS)} or a list of patterns"
+            )
+        include, exclude, layers_only = PARAMETER_PRESETS[selection]
+        inc, exc = re.compile(include), re.compile(exclude) if exclude else None
+        chosen: dict[str, torch.nn.Parameter] = {}
+        for mod_name, mod in module.named_modules():
+            if layers_only and not isinstance(mod, _LAYER_TYPES):
+                continue
+            for p_name, p in mod.named_parameters(recurse=False):
+                name = f"{mod_name}.{p_name}" if mod_name else p_name
+                if inc.search(name) and not (exc and exc.search(name)):
+                    chosen[name] = p
+        order = {n: i for i, (n, _) in enumerate(module.named_parameters())}
+        chosen = dict(sorted(chosen.items(), key=lambda kv: order[kv[0]]))
+    else:
+        try:
+            patterns = [re.compile(p) for p in selection]
+        except re.error as exc:
+            raise ErasureInputError(f"bad parameter pattern: {exc}") from None
+        chosen = {n: p for n, p in module.named_parameters() if any(r.search(n) for r in patterns)}
+    if not chosen:
+        raise ErasureInputError(f"parameter selection {selection!r} matches no parameter of {type(module).__name__}")
+    return chosen
+
+
+class FrozenCopy:
+    """The original values of the trained tensors only; the rest of the model is shared, not copied.
+
+    ``original()`` swaps the saved values into the live parameters for a frozen-model call (pointer
+    swaps, no copies); ``changed()`` lists the tensors that differ from the originals.
+    """
+
+    def __init__(self, params: dict[str, torch.nn.Parameter], device: torch.device | str | None = None) -> None:
+        self.params = params
+        # On another device (the CPU) the copy costs no accelerator memory; swapping it in then copies.
+        self.saved = {n: p.detach().to(device or p.device, copy=True) for n, p in params.items()}
+
+    @contextmanager
+    def original(self) -> Iterator[None]:
+        live = {n: p.data for n, p in self.params.items()}
+        try:
+            for n, p in self.params.items():
+                p.data = self.saved[n].to(p.device, p.dtype)
+            yield
+        finally:
+            for n, p in self.params.items():
+                p.data = live[n]
+
+    def changed(self) -> dict[str, torch.Tensor]:
+        """The parameters whose values differ (compared in float32) from the saved originals."""
+        out = {}
+        for n, p in self.params.items():
+            saved = self.saved[n]
+            if not torch.equal(p.detach().to(saved.device, torch.float32), saved.float()):
+                out[n] = p.detach()
+        return out
+
+    def restore(self) -> None:
+        with torch.no_grad():
+            for n, p in self.params.items():
+                p.data = self.saved[n].to(p.device, p.dtype, copy=True)
+
+
+# ----------------------------------------------------------------------------- cost
+@dataclass
+class CostMeter:
+    """Wall time per phase and peak memory of a run."""
+
+    device: torch.device
+    phases: dict[str, float] = field(default_factory=dict)
+    _start: float = field(default_factory=time.perf_counter)
+
+    def __post_init__(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.phases[name] = self.phases.get(name, 0.0) + time.perf_counter() - start
+
+    def summary(self) -> dict:
+        out = {"wall_seconds": round(time.perf_counter() - self._start, 3),
+               "phases_seconds": {k: round(v, 3) for k, v in self.phases.items()}}
+        if self.device.type == "cuda":
+            out["peak_memory_bytes"] = int(torch.cuda.max_memory_allocated(self.device))
+            out["peak_memory_kind"] = "cuda_max_allocated"
+        else:
+            out["peak_memory_bytes"] = peak_rss_bytes()
+            out["peak_memory_kind"] = "process_peak_rss"
+        return out
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process so far (bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
+# ----------------------------------------------------------------------------- loop
+MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
+
+
+def resolve_mixed_precision(name: str, dtype: torch.dtype, device: torch.device) -> str:
+    """"auto": autocast in the pipeline's own half precision on CUDA (fp32 master weights), else none."""
+    if name not in MIXED_PRECISION:
+        raise ErasureInputError(f"unknown mixed_precision {name!r}; expected one of {', '.join(MIXED_PRECISION)}")
+    if name == "auto":
+        if dtype == torch.float32:
+            return "no"
+        if device.type != "cuda":
+            raise ErasureInputError(f"training a {dtype} pipeline on {device.type} is not supported; load it in float32 (--dtype fp32)")
+        return "bf16" if dtype == torch.bfloat16 else "fp16"
+    if name == "no" and dtype != torch.float32:
+        raise ErasureInputError(f"mixed_precision 'no' needs a float32 pipeline, this one is {dtype}; use 'auto' or load it with --dtype fp32")
+    if name != "no" and device.type != "cuda":
+        raise ErasureInputError(f"mixed_precision {name!r} needs a CUDA device; use 'no' on {device.type}")
+    return name
+
+
+def make_accelerator(mixed_precision: str, device: torch.device):
+    """An ``accelerate.Accelerator`` for one run; a single-process state left by an earlier run with
+    another precision is reset (accelerate keeps its state process-wide)."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, PartialState
+
+    state = AcceleratorState._shared_state
+    if state and state.get("_mixed_precision") not in (None, mixed_precision) and PartialState().num_processes == 1:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    return Accelerator(mixed_precision=mixed_precision, cpu=device.type == "cpu", device_placement=False)
+
+
+@dataclass
+class Checkpoint:
+    step: int
+    params: dict[str, torch.Tensor]
+    optimizer: dict
+    extra: dict
+
+
+class TrainLoop:
+    """Optimise ``params`` (inside ``model``) with ``loss_fn(step) -> loss`` for ``steps`` steps.
+
+    The trained tensors are held in float32 (master weights) whatever the model's dtype; with mixed
+    precision the forward runs under autocast. Checkpoints (trained tensors + optimiser state + step)
+    are written atomically to ``checkpoint_dir/checkpoint.pt`` every ``checkpoint_every`` steps;
+    ``resume=True`` continues from the latest. Because every step's data must be a pure function of
+    the step index (the caller's responsibility), a resumed run equals an uninterrupted one.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        params: dict[str, torch.nn.Parameter],
+        *,
+        lr: float,
+        steps: int,
+        optimizer: str = "adam",
+        weight_decay: float = 0.0,
+        mixed_precision: str = "no",
+        gradient_checkpointing: bool = False,
+        checkpoint_dir: str | os.PathLike | None = None,
+        checkpoint_every: int = 0,
+        progress: ProgressFn | None = None,
+        stage: str = "training",
+    ) -> None:
+        self.model, self.params, self.steps = model, params, steps
+        self.device = next(iter(params.values())).device
+        self.model_dtype = next(iter(params.values())).dtype
+        self.checkpoint_path = Path(checkpoint_dir) / "checkpoint.pt" if checkpoint_dir else None
+        self.checkpoint_every = checkpoint_every
+        self.progress, self.stage = progress, stage
+        self.gradient_checkpointing = gradient_checkpointing
+        self.losses: list[float] = []
+        self.accelerator = make_accelerator(mixed_precision, self.device)
+        model.requires_grad_(False)
+        with torch.no_grad():
+            for p in params.values():
+                if p.dtype != torch.float32:
+                    p.data = p.data.float()  # fp32 master weights
+                p.requires_grad_(True)
+        if optimizer == "adam":
+            opt = torch.optim.Adam(params.values(), lr=lr, weight_decay=weight_decay)
+        elif optimizer == "adamw":
+            opt = torch.optim.AdamW(params.values(), lr=lr, weight_decay=weight_decay)
+        else:
+            raise ErasureInputError(f"unknown optimizer {optimizer!r}; expected adam or adamw")
+        self.optimizer = opt
+        self.start_step = 0
+
+    # -- checkpoints
+    def resume(self) -> int:
+        """Load the latest checkpoint if there is one; returns the step it continues from."""
+        if self.checkpoint_path is None or not self.checkpoint_path.is_file():
+            return 0
+        state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
+        names = list(self.params)
+        if sorted(state["params"]) != sorted(names):
+            raise ErasureInputError(f"{self.checkpoint_path}: checkpoint holds other tensors than this run trains")
+        with torch.no_grad():
+            for n, p in self.params.items():
+                p.copy_(state["params"][n])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.losses = list(state.get("losses", []))
+        self.start_step = int(state["step"])
+        logger.info("resumed from %s at step %d", self.checkpoint_path, self.start_step)
+        return self.start_step
+
+    def save_checkpoint(self, step: int) -> None:
+        if self.checkpoint_path is None:
+            return
+        state = {
+            "step": step,
+            "params": {n: p.detach().cpu() for n, p in self.params.items()},
+            "optimizer": self.optimizer.state_dict(),
+            "losses": list(self.losses),
+        }
+        with atomic_path(self.checkpoint_path) as tmp:
+            torch.save(state, tmp)
+
+    # -- the loop
+    def run(self, loss_fn: Callable[[int], torch.Tensor]) -> list[float]:
+        acc = self.accelerator
+        model = self.model
+        ckpt = (self.gradient_checkpointing and getattr(model, "_supports_gradient_checkpointing", False)
+                and not model.is_gradient_checkpointing)
+        if ckpt:
+            model.enable_gradient_checkpointing()
+        prepared, optimizer = acc.prepare(model, self.optimizer)
+        try:
+            if self.progress:
+                self.progress(self.stage, self.start_step, self.steps, {})
+            for step in range(self.start_step, self.steps):
+                with acc.autocast():
+                    loss = loss_fn(step)
+                acc.backward(loss)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                self.losses.append(float(loss.detach()))
+                done = step + 1
+                if self.checkpoint_every and done % self.checkpoint_every == 0 and done < self.steps:
+                    self.save_checkpoint(done)
+                if self.progress:
+                    self.progress(self.stage, done, self.steps, {"loss": self.losses[-1]})
+        finally:
+            acc.unwrap_model(prepared, keep_fp32_wrapper=False)
+            if ckpt:
+                model.disable_gradient_checkpointing()
+            model.requires_grad_(False)
+            acc.free_memory()
+        return self.losses
+
+    def finish(self) -> dict[str, torch.Tensor]:
+        """The trained tensors in float32 (master copies); the model's tensors are cast back to its dtype."""
+        out = {n: p.detach().float().cpu().clone() for n, p in self.params.items()}
+        with torch.no_grad():
+            for p in self.params.values():
+                p.data = p.data.to(self.model_dtype)
+        return out

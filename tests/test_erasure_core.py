@@ -1,0 +1,238 @@
+"""The erasure core: requests, method configs, the registry, diffusion arithmetic, parameter selection."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from erasure.errors import ErasureInputError
+from erasure.methods import available_methods, get_method
+from erasure.request import ErasureRequest
+
+# ----------------------------------------------------------------------------- request
+
+
+def test_request_validation():
+    with pytest.raises(ErasureInputError, match="empty concept"):
+        ErasureRequest(targets=["  "])
+    with pytest.raises(ErasureInputError, match="no target concept"):
+        ErasureRequest(targets=[])
+    with pytest.raises(ErasureInputError, match="unknown kind"):
+        ErasureRequest(targets=["x"], kind="colour")
+    with pytest.raises(ErasureInputError, match="unknown request field"):
+        ErasureRequest.from_dict({"targets": ["x"], "targtes": 1})
+    req = ErasureRequest(targets="van gogh", kind="style")
+    assert req.targets == ["van gogh"]
+    assert ErasureRequest.from_dict(json.loads(json.dumps(req.to_dict()))) == req
+
+
+def test_request_defaults_canvas_mini():
+    from erasure.pipelines.canvas.render import OBJECTS, STYLES, TEMPLATES
+
+    req = ErasureRequest(targets=["dotted"], kind="style").resolve("canvas-mini")
+    assert req.prompts == ["dotted style"] and req.anchor == "a painting"
+    assert len(req.retain) == (len(STYLES) - 1) * len(OBJECTS) and not any("dotted" in p for p in req.retain)
+    assert "a star in striped style" in req.retain
+    assert len(req.paraphrases) == (len(TEMPLATES) - 1) * len(OBJECTS) and all("dotted" in p for p in req.paraphrases)
+    assert ErasureRequest(targets=["dotted style"], kind="style").resolve("canvas-mini").prompts == ["dotted style"]
+    obj = ErasureRequest(targets=["a star"], kind="object").resolve("canvas-mini")
+    assert obj.prompts == ["a star"] and not any("star" in p for p in obj.retain)
+    with pytest.raises(ErasureInputError, match="canvas-mini has no style 'cubist'"):
+        ErasureRequest(targets=["cubist"], kind="style").resolve("canvas-mini")
+
+
+def test_request_defaults_stable_diffusion():
+    req = ErasureRequest(targets=["cat"], kind="object", retain=None).resolve("stable-diffusion")
+    assert req.prompts == ["cat"]
+    assert "a photo of a dog" in req.retain and "a photo of a cat" not in req.retain
+    assert "a photo of a cat" in req.paraphrases
+    nudity = ErasureRequest(targets=["nudity"], kind="nudity").resolve("stable-diffusion")
+    assert nudity.anchor == "a person wearing clothes"
+    kept = ErasureRequest(targets=["x"], retain=["a tree"], anchor="").resolve("stable-diffusion")
+    assert kept.retain == ["a tree"] and kept.anchor == ""
+
+
+# ----------------------------------------------------------------------------- configs and registry
+
+
+def test_config_round_trips_through_json_and_yaml(tmp_path):
+    cls = get_method("esd").config_class
+    cfg = cls(variant="esd-u", steps=7, lr=3e-5, parameters=[r"attn1\.to_q"], resolution=64)
+    assert cls.from_json(cfg.to_json()) == cfg
+    assert cls.from_yaml(cfg.to_yaml()) == cfg
+    cfg.to_yaml(tmp_path / "c.yaml")
+    cfg.to_json(tmp_path / "c.json")
+    assert cls.load(tmp_path / "c.yaml") == cfg == cls.load(tmp_path / "c.json")
+    assert json.loads(cfg.to_json())["method"] == "esd"
+    assert cls.from_dict({"lr": 1}).lr == 1.0  # ints are numbers too
+
+
+def test_config_refuses_unknown_keys_and_bad_values(tmp_path):
+    cls = get_method("esd").config_class
+    with pytest.raises(ErasureInputError, match="unknown esd config key.*stepz"):
+        cls.from_dict({"stepz": 3})
+    with pytest.raises(ErasureInputError, match="steps: expected an integer"):
+        cls.from_dict({"steps": "many"})
+    with pytest.raises(ErasureInputError, match="variant"):
+        cls.from_dict({"variant": "esd-z"})
+    with pytest.raises(ErasureInputError, match="config is for method 'doco'"):
+        cls.from_dict({"method": "doco"})
+    with pytest.raises(ErasureInputError, match="steps: must be at least 1"):
+        cls().with_overrides(steps=0)
+    assert cls().with_overrides(steps=5, lr=None).steps == 5
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("steps: [1\n")
+    with pytest.raises(ErasureInputError, match="malformed YAML"):
+        cls.load(bad)
+
+
+def test_shipped_presets_load():
+    from pathlib import Path
+
+    cls = get_method("esd").config_class
+    presets = sorted((Path(__file__).parent.parent / "configs" / "esd").glob("*.yaml"))
+    assert {p.stem for p in presets} >= {"canvas-mini-style", "canvas-mini-object", "sd15-nudity", "sd15-style"}
+    for p in presets:
+        cls.load(p)
+    assert cls.load(presets[0].parent / "sd15-nudity.yaml").variant == "esd-u"
+
+
+def test_registry():
+    from erasure.methods import ErasureMethod, MethodConfig, register, register_lazy
+    from erasure.methods import registry as reg
+
+    assert "esd" in available_methods()
+    with pytest.raises(ErasureInputError, match="unknown method 'nope'; available: .*esd"):
+        get_method("nope")
+
+    from dataclasses import dataclass
+
+    @dataclass
+    class ToyConfig(MethodConfig):
+        strength: float = 1.0
+
+    try:
+        @register("toy")
+        class Toy(ErasureMethod):
+            config_class = ToyConfig
+
+            def __call__(self, pipe, request, *, run_dir=None, resume=False, progress=None):
+                return self.config.strength
+
+        assert get_method("toy") is Toy and Toy.name == "toy"
+        assert Toy(strength=2)(None, None) == 2.0
+        register_lazy("toy-lazy", "erasure.methods.esd:ESD")
+        assert get_method("toy-lazy").__name__ == "ESD"
+        with pytest.raises(ValueError, match="module:Class"):
+            register_lazy("bad", "no-colon")
+    finally:
+        reg._METHODS.pop("toy", None)
+        reg._METHODS.pop("toy-lazy", None)
+
+
+def test_methods_import_lazily():
+    code = (
+        "import sys, erasure.methods as m\n"
+        "assert 'erasure.methods.esd' not in sys.modules and 'torch' not in sys.modules\n"
+        "m.get_method('esd')\n"
+        "assert 'erasure.methods.esd' in sys.modules\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+
+
+# ----------------------------------------------------------------------------- diffusion arithmetic
+
+
+def test_noising_and_estimates_on_hand_made_tensors():
+    from erasure.diffusion import add_noise, cfg, eps_from_output, velocity, x0_from_output
+
+    ac = torch.tensor([0.64, 0.36])  # sqrt: 0.8 / 0.6 and 0.6 / 0.8
+    x0 = torch.tensor([[1.0, 2.0], [-1.0, 0.5]])
+    noise = torch.tensor([[0.5, -1.0], [2.0, 0.0]])
+    t = torch.tensor([0, 1])
+    x_t = add_noise(ac, x0, noise, t)
+    assert torch.allclose(x_t, torch.tensor([[0.8 + 0.3, 1.6 - 0.6], [-0.6 + 1.6, 0.3]]))
+    v = velocity(ac, x0, noise, t)
+    assert torch.allclose(v, torch.tensor([[0.4 - 0.6, -0.8 - 1.2], [1.2 + 0.8, -0.4]]))
+    for kind, output in (("epsilon", noise), ("v_prediction", v), ("sample", x0)):
+        assert torch.allclose(x0_from_output(ac, output, x_t, t, kind), x0, atol=1e-6), kind
+        assert torch.allclose(eps_from_output(ac, output, x_t, t, kind), noise, atol=1e-6), kind
+    assert torch.allclose(cfg(torch.zeros(2), torch.ones(2), 3.0), torch.full((2,), 3.0))
+    assert torch.allclose(cfg(torch.zeros(2), torch.ones(2), -1.0), torch.full((2,), -1.0))
+
+
+def test_noising_matches_diffusers():
+    from diffusers import DDPMScheduler
+
+    from erasure.diffusion import add_noise, alphas_cumprod, velocity
+
+    sched = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+    ac = alphas_cumprod(sched)
+    g = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(3, 4, 8, 8, generator=g), torch.randn(3, 4, 8, 8, generator=g)
+    t = torch.tensor([1, 500, 999])
+    assert torch.allclose(add_noise(ac, x0, noise, t), sched.add_noise(x0, noise, t), atol=1e-5)
+    assert torch.allclose(velocity(ac, x0, noise, t), sched.get_velocity(x0, noise, t), atol=1e-5)
+
+
+def test_partial_trajectories_do_not_depend_on_batching(tiny_sd_loaded):
+    from erasure.diffusion import TextConditioner, ddim_for, initial_noise, latent_shape, sample_partial_trajectories
+
+    pipe = tiny_sd_loaded
+    ddim = ddim_for(pipe.scheduler, 4)
+    encode = TextConditioner(pipe, 32)
+    with torch.no_grad():
+        cond, uncond = encode(["a cat", "a dog", "a cat"]), encode([""])
+    shape = latent_shape(pipe)
+    assert shape == (4, 16, 16)
+    depths, seeds = [0, 2, 4], [11, 12, 13]
+    together = sample_partial_trajectories(pipe.unet, ddim, cond, uncond, depths, seeds, shape, 3.0)
+    for i in range(3):
+        alone = sample_partial_trajectories(pipe.unet, ddim, cond.index([i]), uncond, depths[i:i + 1], seeds[i:i + 1],
+                                            shape, 3.0)
+        assert torch.allclose(together[i], alone[0], atol=1e-5)
+    # depth 0: the starting noise itself; deeper samples moved away from theirs
+    start = initial_noise(seeds, shape, "cpu", torch.float32)
+    assert torch.equal(together[0], start[0]) and not torch.allclose(together[2], start[2])
+
+
+# ----------------------------------------------------------------------------- parameters
+
+
+def test_parameter_selection_and_frozen_copy(tiny_sd_loaded):
+    from erasure.training import FrozenCopy, select_parameters
+
+    unet = tiny_sd_loaded.unet
+    attn2 = select_parameters(unet, "attn2")
+    rest = select_parameters(unet, "non-attn2")
+    assert attn2 and all(".attn2." in n for n in attn2)
+    assert rest and not any("attn2" in n for n in rest)
+    assert not any("norm" in n for n in rest)  # Linear/Conv2d weights only, as the ESD reference
+    assert "conv_in.weight" in rest and "time_embedding.linear_1.weight" in rest
+    assert set(select_parameters(unet, "attn2-kv")) < set(attn2)
+    assert all("ff.net" in n for n in select_parameters(unet, "ffn"))
+    assert set(select_parameters(unet, [r"attn2\.to_q"])) == {n for n in attn2 if "to_q" in n}
+    with pytest.raises(ErasureInputError, match="unknown parameter set"):
+        select_parameters(unet, "attn3")
+    with pytest.raises(ErasureInputError, match="matches no parameter"):
+        select_parameters(unet, ["nothing-like-this"])
+    te = select_parameters(tiny_sd_loaded.text_encoder, "text-encoder-layers")
+    assert te and not any("embeddings" in n for n in te)
+
+    name = next(iter(attn2))
+    param = attn2[name]
+    frozen = FrozenCopy({name: param}, device="cpu")
+    original = param.detach().clone()
+    with torch.no_grad():
+        param.add_(1.0)
+    assert set(frozen.changed()) == {name}
+    with frozen.original():
+        assert torch.equal(param, original)
+    assert torch.equal(param, original + 1.0)
+    frozen.restore()
+    assert torch.equal(param, original) and not frozen.changed()
