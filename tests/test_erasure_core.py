@@ -126,7 +126,8 @@ def test_registry():
         assert get_method("toy") is Toy and Toy.name == "toy"
         assert Toy(strength=2)(None, None) == 2.0
         register_lazy("toy-lazy", "erasure.methods.esd:ESD")
-        assert get_method("toy-lazy").__name__ == "ESD"
+        esd = get_method("toy-lazy")
+        assert esd.__name__ == "ESD" and esd.name == "esd" and esd.config_class.method == "esd"  # an alias renames nothing
         with pytest.raises(ValueError, match="module:Class"):
             register_lazy("bad", "no-colon")
     finally:

@@ -26,8 +26,11 @@ def register(name: str) -> Callable[[type], type]:
         current = _METHODS.get(name)
         if isinstance(current, type) and current is not cls and current.__qualname__ != cls.__qualname__:
             raise ValueError(f"method {name!r} is already registered to {current.__module__}.{current.__qualname__}")
-        cls.name = name
-        cls.config_class.method = name
+        # The first registration names the class; a further name (an alias) leaves it as it is.
+        if not cls.__dict__.get("name"):
+            cls.name = name
+        if not cls.config_class.__dict__.get("method"):
+            cls.config_class.method = cls.name
         _METHODS[name] = cls
         return cls
 
@@ -54,7 +57,8 @@ def get_method(name: str) -> type:
     if isinstance(entry, str):
         module, cls_name = entry.split(":")
         cls = getattr(importlib.import_module(module), cls_name)
-        # Importing the module normally runs @register; make sure the name maps to the class either way.
+        # Importing the module normally runs @register; make sure the name maps to the class either way
+        # (without renaming a class that registered itself under another name).
         if not isinstance(_METHODS.get(name), type):
             register(name)(cls)
         entry = _METHODS[name]
