@@ -200,10 +200,14 @@ def train_all(settings: TrainSettings, progress: ProgressFn | None = None) -> Pa
     if settings.threads:
         torch.set_num_threads(settings.threads)
     (out / "settings.json").write_text(settings.to_json())
-    timings: dict[str, float] = {}
-    start = time.time()
+    record_path = out / "training.json"
+    # A resumed run keeps the wall times of the stages finished before it.
+    timings: dict[str, float] = json.loads(record_path.read_text())["wall_time_s"] if record_path.exists() else {}
+    if not (out / "data.npz").exists():
+        start = time.time()
+        prepare_data(settings)
+        timings["data_s"] = time.time() - start
     data = prepare_data(settings)
-    timings["data_s"] = time.time() - start
 
     evaluator_dir = out / "evaluator"
     if not (evaluator_dir / "evaluator.safetensors").exists():
@@ -231,7 +235,7 @@ def train_all(settings: TrainSettings, progress: ProgressFn | None = None) -> Pa
         timings["diffusion_s"] = time.time() - t
     record = {"settings": json.loads(settings.to_json()), "wall_time_s": timings,
               "torch": torch.__version__, "threads": torch.get_num_threads()}
-    (out / "training.json").write_text(json.dumps(record, indent=2))
+    record_path.write_text(json.dumps(record, indent=2))
     return model_dir
 
 
