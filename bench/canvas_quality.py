@@ -101,9 +101,10 @@ def main() -> None:
     result["memorization"] = {}
     for name, embed in spaces.items():
         ordinary_nn = (embed(gen_arr) @ embed(train_imgs).T).max(dim=1).values
-        sim = (embed(target_gens).view(len(targets), len(seeds), -1) * embed(targets)[:, None]).sum(-1)
+        gen_emb, target_emb = embed(target_gens), embed(targets)
+        sim = (gen_emb.view(len(targets), len(seeds), -1) * target_emb[:, None]).sum(-1)
         # How similar other captions' generations are to each target: what chance similarity looks like.
-        cross = (embed(target_gens) @ embed(targets).T).view(len(targets), len(seeds), len(targets))
+        cross = (gen_emb @ target_emb.T).view(len(targets), len(seeds), len(targets))
         off_diag = cross[~torch.eye(len(targets), dtype=torch.bool)[:, None, :].expand_as(cross)]
         # Threshold: above what chance reaches (another caption's generations vs this target).
         threshold = float(off_diag.max())

@@ -203,11 +203,11 @@ def train_all(settings: TrainSettings, progress: ProgressFn | None = None) -> Pa
     record_path = out / "training.json"
     # A resumed run keeps the wall times of the stages finished before it.
     timings: dict[str, float] = json.loads(record_path.read_text())["wall_time_s"] if record_path.exists() else {}
-    if not (out / "data.npz").exists():
-        start = time.time()
-        prepare_data(settings)
-        timings["data_s"] = time.time() - start
+    rendered = not (out / "data.npz").exists()
+    start = time.time()
     data = prepare_data(settings)
+    if rendered:
+        timings["data_s"] = time.time() - start
 
     evaluator_dir = out / "evaluator"
     if not (evaluator_dir / "evaluator.safetensors").exists():
