@@ -36,7 +36,7 @@ ProgressFn = Callable[[str, int, int, dict], None]
 
 @dataclass
 class DiffusionSettings:
-    steps: int = 1500
+    steps: int = 1600
     batch_size: int = 32
     lr: float = 1e-3
     text_lr: float = 5e-4
@@ -52,7 +52,7 @@ class TrainSettings:
     out: str
     seed: int = 0
     per_pair: int = 384
-    memorization_repeats: int = 96
+    memorization_repeats: int = 384  # as often as each object x style pair
     threads: int = 0  # 0: torch's default
     clip: bool = True  # also train the tiny open_clip CLIP (for CLIP score)
     diffusion: DiffusionSettings = field(default_factory=DiffusionSettings)
@@ -102,10 +102,20 @@ def _batch(data: CanvasData, settings: TrainSettings, step: int):
     return x0, captions, noise, t
 
 
+def _target(scheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    if scheduler.config.prediction_type == "v_prediction":
+        return scheduler.get_velocity(x0, noise, t)
+    return noise
+
+
 def _min_snr_weights(scheduler, t: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Min-SNR-gamma loss weights (Hang et al. 2023) for the scheduler's prediction type."""
     alpha_bar = scheduler.alphas_cumprod[t]
     snr = alpha_bar / (1 - alpha_bar)
-    return torch.clamp(snr, max=gamma) / snr  # epsilon-prediction form of Min-SNR-gamma
+    clamped = torch.clamp(snr, max=gamma)
+    if scheduler.config.prediction_type == "v_prediction":
+        return clamped / (snr + 1)
+    return clamped / snr
 
 
 def _lr_lambda(d: DiffusionSettings):
@@ -127,6 +137,7 @@ def train_diffusion(settings: TrainSettings, data: CanvasData, progress: Progres
     pipe = build_untrained(out / "tokenizer")
     unet, te = pipe.unet, pipe.text_encoder
     unet.train(), te.train()
+    unet.to(memory_format=torch.channels_last)  # about 1.5x faster convolutions on a CPU
     opt = torch.optim.AdamW(
         [{"params": unet.parameters(), "lr": d.lr}, {"params": te.parameters(), "lr": d.text_lr}],
         weight_decay=0.0,
@@ -146,9 +157,10 @@ def train_diffusion(settings: TrainSettings, data: CanvasData, progress: Progres
     start, first_step = time.time(), step
     while step < d.steps:
         x0, captions, noise, t = _batch(data, settings, step)
-        xt = noise_sched.add_noise(x0, noise, t)
+        xt = noise_sched.add_noise(x0, noise, t).contiguous(memory_format=torch.channels_last)
         pred = unet(xt, t, _encode(pipe, captions)).sample
-        per_sample = F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))
+        target = _target(noise_sched, x0, noise, t)
+        per_sample = F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3))
         loss = (per_sample * _min_snr_weights(noise_sched, t, d.min_snr_gamma)).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -175,6 +187,7 @@ def _load_ema(pipe, ema: dict[str, torch.Tensor]) -> None:
         for prefix, module in (("unet", pipe.unet), ("text_encoder", pipe.text_encoder)):
             for name, p in module.named_parameters(prefix=prefix):
                 p.copy_(ema[name])
+    pipe.unet.to(memory_format=torch.contiguous_format)  # safetensors stores contiguous tensors only
     pipe.unet.eval(), pipe.text_encoder.eval()
 
 

@@ -1,0 +1,126 @@
+"""`erasure evaluate` / `erasure quickstart` mechanics on canvas-mini, with tiny settings.
+
+The scores' meaning (that ESD lowers UA's concept and keeps the rest) is asserted in test_esd.py
+and measured by bench/esd_canvas.py; here: files, caching, targets, the CLI's errors.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from PIL import Image
+
+from erasure import ErasureRequest, erase
+from erasure.cli import main
+from erasure.errors import ErasureInputError
+from erasure.evaluation import (
+    GenerationCache,
+    SamplingSettings,
+    canvas_cases,
+    canvas_targets,
+    evaluate_runs,
+    generate_cached,
+)
+from erasure.pipelines import load_pipeline
+
+TINY = SamplingSettings(steps=3, guidance=5.0, seeds=[0], batch_size=64)
+TINY_ESD = dict(steps=2, ddim_steps=6, precompute_batch=8, checkpoint_every=0)
+
+
+@pytest.fixture(scope="module")
+def style_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("runs") / "dotted"
+    erase(load_pipeline("canvas-mini"), ErasureRequest(["dotted"], kind="style"), "esd", out=run, **TINY_ESD)
+    return run
+
+
+@pytest.fixture(scope="module")
+def evaluated(style_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval")
+    return out, evaluate_runs("canvas-mini", [style_run], out=out, settings=TINY)
+
+
+def test_cases_cover_every_pair_once():
+    cases = canvas_cases()
+    assert len(cases) == 64
+    assert len({(c.object, c.style) for c in cases}) == 64
+    assert cases[0].prompt == "a circle in solid style" and (cases[0].object, cases[0].style) == (0, 0)
+
+
+def test_targets_from_request():
+    assert canvas_targets({"targets": ["dotted"], "kind": "style"}) == ("style", [2])
+    assert canvas_targets({"targets": ["a star", "moon"], "kind": "object"})[0] == "object"
+    with pytest.raises(ErasureInputError, match="style and object"):
+        canvas_targets({"targets": ["nudity"], "kind": "nudity"})
+
+
+def test_evaluate_writes_metrics_report_and_grid(evaluated, style_run):
+    out, metrics = evaluated
+    on_disk = json.loads((out / "metrics.json").read_text())
+    assert on_disk == metrics
+    (run,) = metrics["runs"]
+    assert run["kind"] == "style" and run["targets"] == ["dotted"] and run["method"] == "esd"
+    for scores in (run["before"], run["after"]):
+        assert set(scores) >= {"UA", "IRA", "CRA"}
+        assert all(0.0 <= scores[k] <= 1.0 for k in ("UA", "IRA", "CRA"))
+    assert run["cost"]["wall_seconds"] > 0
+    assert metrics["sampling"]["steps"] == TINY.steps and metrics["sampling"]["seeds"] == TINY.seeds
+    grid = Image.open(out / run["grid"])
+    assert grid.width > 2 * 8 * 64 and grid.height > 8 * 64  # two 8 x 8 grids of >= 64 px cells
+    report = (out / "report.md").read_text()
+    assert "dotted" in report and run["grid"] in report and "UA" in report
+
+
+def test_generation_cache_hits_and_keys(tmp_path, monkeypatch):
+    pipe = load_pipeline("canvas-mini")
+    cache = GenerationCache(tmp_path)
+    prompts = ["a star in dotted style", "a moon in solid style"]
+    first = generate_cached(pipe, prompts, TINY, cache)
+    assert len(list(tmp_path.rglob("*.png"))) == 2
+
+    def no_generation(*args, **kwargs):
+        raise AssertionError("generated although cached")
+
+    monkeypatch.setattr("erasure.pipelines.generation.generate", no_generation)
+    again = generate_cached(pipe, prompts, TINY, cache)
+    assert [a.tobytes() for a in again] == [f.tobytes() for f in first]
+    other = SamplingSettings(steps=TINY.steps + 1, guidance=TINY.guidance, seeds=TINY.seeds)
+    with pytest.raises(AssertionError, match="generated although cached"):
+        generate_cached(pipe, prompts, other, cache)  # other settings: other key
+
+
+def test_evaluate_refuses_bad_input(tmp_path, style_run):
+    with pytest.raises(ErasureInputError, match="unknown suite"):
+        evaluate_runs("canvas-mini", [style_run], suite="coco", out=tmp_path / "e")
+    with pytest.raises(ErasureInputError, match="no erased run"):
+        evaluate_runs("canvas-mini", [], out=tmp_path / "e")
+    assert not (tmp_path / "e").exists()
+
+
+def test_cli_evaluate_missing_run_is_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["evaluate", "--erased", str(tmp_path / "nope"), "--out", str(tmp_path / "e")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("erasure: error:") and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "e").exists()
+
+
+def test_cli_quickstart_unknown_style_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["quickstart", "--concept", "cubist", "--out", str(tmp_path / "q")])
+    assert exc.value.code == 2
+    assert "canvas-mini has no style 'cubist'" in capsys.readouterr().err
+    assert not (tmp_path / "q").exists()
+
+
+def test_cli_quickstart_end_to_end(tmp_path, capsys):
+    out = tmp_path / "q"
+    main(["quickstart", "--out", str(out), "--steps", "2", "--seeds", "0"])
+    printed = capsys.readouterr().out
+    assert "UA" in printed and "dotted" in printed
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert (out / "run" / "manifest.json").is_file()
+    assert (out / metrics["runs"][0]["grid"]).is_file()
+    assert (out / "report.md").is_file()
