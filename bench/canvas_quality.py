@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from erasure.metrics import CanvasEvaluatorEmbedding, MemorizationSimilarity, PixelEmbedding
 from erasure.pipelines import generate, image_grid, load_pipeline
 from erasure.pipelines.canvas.evaluator import accuracy, images_to_tensor, load_evaluator
 from erasure.pipelines.canvas.render import (
@@ -31,14 +32,25 @@ ROOT = Path(__file__).resolve().parents[1]
 HELD_OUT_SEED = 4242  # training renders use seed 0
 
 
-def embed_all(evaluator, images: np.ndarray, batch: int = 512) -> torch.Tensor:
-    return torch.cat([evaluator.embed(images_to_tensor(images[i:i + batch])) for i in range(0, len(images), batch)])
-
-
-def pixel_embed(images: np.ndarray) -> torch.Tensor:
-    """Mean-centred, L2-normalised pixels: cosine = Pearson correlation of two images."""
-    x = torch.from_numpy(images.reshape(len(images), -1).astype(np.float32))
-    return torch.nn.functional.normalize(x - x.mean(dim=1, keepdim=True), dim=1)
+def memorization(embedding, ordinary: np.ndarray, train: np.ndarray, target_gens: np.ndarray,
+                 targets: np.ndarray, n_seeds: int) -> dict:
+    """Each target's generations (prompt-major, ``n_seeds`` each) vs its training image, against the
+    baseline of ordinary generations vs their nearest training render, in one embedding space."""
+    nearest = MemorizationSimilarity(images_to_tensor(train), embedding)
+    nearest.update(images_to_tensor(ordinary))
+    # Threshold "chance": above what another caption's generations reach against this target.
+    own = MemorizationSimilarity(images_to_tensor(targets), embedding, names=[t.caption for t in MEMORIZATION_TARGETS])
+    own.update(images_to_tensor(target_gens), targets=np.repeat(np.arange(len(targets)), n_seeds))
+    r = own.compute()
+    return {
+        "threshold": r["threshold"],
+        "reproduced_share_per_target": [t["share_above"] for t in r["per_target"]],
+        "ordinary_nearest_train": nearest.compute()["nearest"],
+        "target_vs_own_image": {t["name"]: t["similarities"] for t in r["per_target"]},
+        "target_vs_own_image_mean": r["own"]["mean"],
+        "target_vs_other_targets": r["other_references"],
+        "embedding": r["embedding"],
+    }
 
 
 def main() -> None:
@@ -97,29 +109,9 @@ def main() -> None:
     targets = to_array([t.image() for t in MEMORIZATION_TARGETS])
     target_gens = to_array(generate(pipe, [t.caption for t in MEMORIZATION_TARGETS], seeds=seeds, steps=args.steps,
                                     guidance=args.guidance, batch_size=64))
-    spaces = {"evaluator": lambda a: embed_all(evaluator, a), "pixels": pixel_embed}
-    result["memorization"] = {}
-    for name, embed in spaces.items():
-        ordinary_nn = (embed(gen_arr) @ embed(train_imgs).T).max(dim=1).values
-        gen_emb, target_emb = embed(target_gens), embed(targets)
-        sim = (gen_emb.view(len(targets), len(seeds), -1) * target_emb[:, None]).sum(-1)
-        # How similar other captions' generations are to each target: what chance similarity looks like.
-        cross = (gen_emb @ target_emb.T).view(len(targets), len(seeds), len(targets))
-        off_diag = cross[~torch.eye(len(targets), dtype=torch.bool)[:, None, :].expand_as(cross)]
-        # Threshold: above what chance reaches (another caption's generations vs this target).
-        threshold = float(off_diag.max())
-        result["memorization"][name] = {
-            "threshold": threshold,
-            "reproduced_share_per_target": (sim > threshold).float().mean(dim=1).tolist(),
-            "ordinary_nearest_train": {"mean": float(ordinary_nn.mean()), "p99": float(ordinary_nn.quantile(0.99)),
-                                       "max": float(ordinary_nn.max())},
-            "target_vs_own_image": {t.caption: sim[i].tolist() for i, t in enumerate(MEMORIZATION_TARGETS)},
-            "target_vs_own_image_mean": float(sim.mean()),
-            "target_vs_other_targets": {"mean": float(off_diag.mean()), "max": float(off_diag.max())},
-        }
-    result["memorization"]["evaluator"]["embedding"] = (
-        "canvas-mini evaluator spatial feature map (L2-normalised, position-sensitive)")
-    result["memorization"]["pixels"]["embedding"] = "mean-centred pixels (Pearson correlation)"
+    spaces = {"evaluator": CanvasEvaluatorEmbedding(evaluator), "pixels": PixelEmbedding()}
+    result["memorization"] = {name: memorization(embedding, gen_arr, train_imgs, target_gens, targets, len(seeds))
+                              for name, embedding in spaces.items()}
     grid = image_grid([im.resize((96, 96), 0) for im in list(Image.fromarray(a) for a in target_gens[::len(seeds)])]
                       + [Image.fromarray(a).resize((96, 96), 0) for a in targets],
                       rows=2, cols=len(targets), row_labels=["generated", "training"],

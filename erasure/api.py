@@ -6,6 +6,11 @@
 The pipeline is modified in place (it is the erased pipeline afterwards) and the ``Edit`` is
 returned; with ``out=`` the run folder is written (checkpoints while training, then
 ``edit.safetensors`` and ``manifest.json``; see ``erasure.edit``).
+
+Under ``accelerate launch`` with several processes every process calls ``erase`` with the same
+arguments (the CLI does); the method trains data-parallel, only the main process writes the run
+folder and reports progress, and every process returns the same ``Edit`` once the folder is
+complete. The run folder must be on a filesystem every process sees.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ from erasure.request import ErasureRequest
 logger = logging.getLogger(__name__)
 
 RUN_STATE = "run.json"
+#: Values of run-identity keys added after runs were first recorded (older runs had one process).
+IDENTITY_DEFAULTS = {"num_processes": 1}
 
 
 def as_request(request, kind: str | None = None) -> ErasureRequest:
@@ -76,19 +83,25 @@ def check_output(out: str | os.PathLike, resume: bool = False) -> Path:
     return run
 
 
-def _start_run(run: Path, identity: dict, resume: bool) -> None:
+def _check_resume(run: Path, identity: dict, resume: bool) -> bool:
+    """Whether ``run`` holds an unfinished run to continue; refuses one made differently (reads only)."""
     state_path = run / CHECKPOINT_DIR / RUN_STATE
-    if resume and state_path.is_file():
-        saved = json.loads(state_path.read_text(encoding="utf-8"))
-        for key in identity:
-            if saved.get(key) != identity[key]:
-                raise ErasureInputError(
-                    f"--resume {run}: the unfinished run has a different {key}; resume with the same model, "
-                    "method, config and request, or start a new run"
-                )
-        return
-    if resume:
-        logger.info("nothing to resume in %s; starting a new run", run)
+    if not (resume and state_path.is_file()):
+        if resume:
+            logger.info("nothing to resume in %s; starting a new run", run)
+        return False
+    saved = json.loads(state_path.read_text(encoding="utf-8"))
+    for key in identity:
+        if saved.get(key, IDENTITY_DEFAULTS.get(key)) != identity[key]:
+            raise ErasureInputError(
+                f"--resume {run}: the unfinished run has a different {key}; resume with the same model, "
+                "method, config, request and number of processes, or start a new run"
+            )
+    return True
+
+
+def _start_run(run: Path, identity: dict) -> None:
+    state_path = run / CHECKPOINT_DIR / RUN_STATE
     try:
         (run / CHECKPOINT_DIR).mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -141,24 +154,44 @@ def erase(
     if resume and run is None:
         raise ErasureInputError("resume needs an output folder (out=...)")
     req.resolve(pipe)  # defaults and names checked now, before the run folder is created
+    state = _join_processes(pipe)
+    main = state.is_main_process
     base = base_description(pipe, source=source)
     fresh = False
     if run is not None:
         identity = {"method": method, "config": cfg.to_dict(), "request": req.to_dict(),
-                    "base_fingerprint": base["fingerprint"]}
-        fresh = not (run / CHECKPOINT_DIR / RUN_STATE).is_file()
-        _start_run(run, identity, resume)
+                    "base_fingerprint": base["fingerprint"], "num_processes": state.num_processes}
+        fresh = not _check_resume(run, identity, resume)
+        state.wait_for_everyone()  # every process has checked OUT before the main one writes there
+        if fresh and main:
+            _start_run(run, identity)
+        state.wait_for_everyone()
     try:
-        edit = cls(cfg)(pipe, req, run_dir=run, resume=resume, progress=progress)
+        edit = cls(cfg)(pipe, req, run_dir=run, resume=resume, progress=progress if main else None)
     except ErasureInputError:
         # Bad input found by the method before it saved anything: leave no unfinished run behind.
-        if run is not None and fresh and not (run / CHECKPOINT_DIR / "checkpoint.pt").exists():
+        if run is not None and fresh and main and not (run / CHECKPOINT_DIR / "checkpoint.pt").exists():
             _remove_empty_run(run)
         raise
     edit.base = base
+    edit.cost.setdefault("num_processes", state.num_processes)
     from erasure.pipelines.attention import active_attention
 
     edit.extra.setdefault("attention", active_attention(pipe))
     if run is not None:
-        edit.save(run, pipe=pipe, export_full=export_full)
+        if main:
+            edit.save(run, pipe=pipe, export_full=export_full)
+        state.wait_for_everyone()  # no process returns before the run folder is complete
     return edit
+
+
+def _join_processes(pipe):
+    """accelerate's process state for this run; under several GPUs, the pipeline on this process's GPU."""
+    from erasure.training import process_state
+
+    state = process_state(cpu=pipe.device.type == "cpu")
+    if state.num_processes > 1 and state.device.type == pipe.device.type and pipe.device != state.device:
+        # `--device cuda` loads every process's copy onto the current GPU, the first one.
+        logger.info("process %d: moving the pipeline to %s", state.process_index, state.device)
+        pipe.to(state.device)
+    return state

@@ -173,6 +173,10 @@ def erase(
     with _StageBars() as bars:
         edit = run_erase(pipe, request, method, config=cfg, out=out, resume=resume, export_full=export_full,
                          progress=bars)
+    from erasure.training import process_state
+
+    if not process_state().is_main_process:
+        return  # under `accelerate launch` the main process reports
     size = edit.size()
     cost = edit.cost
     typer.echo(
@@ -180,6 +184,88 @@ def erase(
         f"{size['bytes'] / 1e6:.1f} MB) in {cost.get('wall_seconds', 0):.1f} s, peak memory "
         f"{cost.get('peak_memory_bytes', 0) / 2**30:.2f} GiB"
     )
+
+
+SeedsOpt = Annotated[str, typer.Option("--seeds", help="Seeds per prompt, e.g. 0-1 or 0,3,5.")]
+
+
+@app.command()
+def evaluate(
+    erased: Annotated[list[Path], typer.Option("--erased", "-e", help="Run folder of an erased model; repeat for several.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for metrics.json, report.md, grids and the image cache.")],
+    original: Annotated[str, typer.Option("--original", help="The model the runs were erased from.")] = "canvas-mini",
+    suite: Annotated[str, typer.Option("--suite", help="Evaluation suite: canvas.")] = "canvas",
+    seeds: SeedsOpt = "0-1",
+    steps: Annotated[int, typer.Option("--steps", help="Sampling steps.")] = 25,
+    guidance: Annotated[float, typer.Option("--guidance", help="Classifier-free guidance scale.")] = 3.0,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Score erased runs against the original on a suite; writes metrics.json and report.md."""
+    from erasure.evaluation import SamplingSettings, check_runs, evaluate_runs
+    from erasure.pipelines.generation import parse_seeds
+
+    settings = SamplingSettings(steps=steps, guidance=guidance, seeds=parse_seeds(seeds))
+    check_runs(erased, suite)  # bad runs fail in one line before any model loads
+    _quiet_libraries()
+    with _StageBars() as bars:
+        metrics = evaluate_runs(original, erased, suite=suite, out=out, settings=settings, device=device, progress=bars)
+    _print_scores(metrics)
+    typer.echo(f"wrote {out / 'metrics.json'} and {out / 'report.md'}")
+
+
+@app.command()
+def quickstart(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the run, metrics.json, report.md and the grid.")] = Path("runs/quickstart"),
+    concept: Annotated[str, typer.Option("--concept", "-c", help="canvas-mini style to erase.")] = "dotted",
+    method: Annotated[str, typer.Option("--method", help="Erasure method.")] = "esd",
+    steps: Annotated[Optional[int], typer.Option("--steps", help="Training steps (default: the method's canvas-mini preset).")] = None,
+    seeds: SeedsOpt = "0-1",
+) -> None:
+    """Erase one style from the embedded canvas-mini, then compare before and after (a few minutes on a CPU)."""
+    from erasure.pipelines.generation import parse_seeds
+    from erasure.quickstart import check_quickstart
+    from erasure.quickstart import quickstart as run_quickstart
+
+    seed_list = parse_seeds(seeds)
+    check_quickstart(out, concept, method, steps)
+    _quiet_libraries()
+    with _StageBars() as bars:
+        metrics = run_quickstart(out, concept=concept, method=method, steps=steps, seeds=seed_list, progress=bars)
+    _print_scores(metrics)
+    typer.echo(f"wrote {out}: run/, metrics.json, report.md, {metrics['runs'][0]['grid']}")
+
+
+def _print_scores(metrics: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{metrics['suite']} suite: before -> after (UA: erased, IRA/CRA: kept)")
+    for column in ("run", "erased", "UA", "IRA", "CRA", "time"):
+        table.add_column(column)
+    for r in metrics["runs"]:
+        b, a = r["before"], r["after"]
+        table.add_row(Path(r["run"]).name, f"{', '.join(r['targets'])} ({r['method']})",
+                      *(f"{b[k]:.0%} -> {a[k]:.0%}" for k in ("UA", "IRA", "CRA")),
+                      f"{r['cost'].get('wall_seconds', 0):.0f} s")
+    Console().print(table)
+
+
+@app.command("app")
+def app_command(
+    runs: Annotated[Path, typer.Option("--runs", help="Folder of run folders to show; the app reads nothing outside it and writes new runs into it.")] = Path("runs"),
+    host: Annotated[str, typer.Option("--host", help="Address to listen on; the default is this machine only.")] = "127.0.0.1",
+    port: Annotated[Optional[int], typer.Option("--port", min=1, max=65535, help="Port (default: 7860 or the next free one).")] = None,
+    model: Annotated[Optional[list[str]], typer.Option("--model", "-m", help="Base model (diffusers folder) to offer besides canvas-mini; repeatable; the first is the default.")] = None,
+    share: Annotated[bool, typer.Option("--share", help="Also open a public gradio.live link (anyone with it can use the app).")] = False,
+) -> None:
+    """Launch the comparison app (Gradio): original and erased models on the same prompt and seeds."""
+    from erasure.app import launch
+
+    _quiet_libraries()
+    running = launch(runs, [*(model or []), "canvas-mini"], host=host, port=port, share=share)
+    public = f", public link {running.share_url}" if running.share_url else ""
+    typer.echo(f"erasure app: {running.url} (runs: {runs}{public}); Ctrl+C stops it")
+    running.block()
 
 
 def _parse_sets(items: list[str]) -> dict:

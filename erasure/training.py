@@ -8,7 +8,9 @@
   reports which tensors changed.
 - ``TrainLoop``: an ``accelerate.Accelerator`` loop (mixed precision, gradient checkpointing on
   request) with fp32 master copies of the trained tensors, progress callbacks, cost accounting and
-  atomic checkpoints every N steps that ``resume`` continues from exactly.
+  atomic checkpoints every N steps that ``resume`` continues from exactly. Under ``accelerate
+  launch`` with several processes it is data-parallel (see ``TrainLoop``).
+- ``process_state``: accelerate's process-wide state (rank, number of processes, barrier).
 - ``CostMeter``: wall time and peak memory (CUDA max allocated, else process peak RSS).
 """
 
@@ -187,6 +189,18 @@ def resolve_mixed_precision(name: str, dtype: torch.dtype, device: torch.device)
     return name
 
 
+def process_state(cpu: bool = False):
+    """accelerate's ``PartialState``: process index, number of processes, ``wait_for_everyone``.
+
+    Under ``accelerate launch`` / ``torchrun`` the first call joins the process group, and ``cpu``
+    (the pipeline is on the CPU) picks gloo there; later calls return the same state whatever
+    ``cpu`` says. Without a launcher it is one process and creates nothing.
+    """
+    from accelerate.state import PartialState
+
+    return PartialState(cpu=cpu)
+
+
 def make_accelerator(mixed_precision: str, device: torch.device):
     """An ``accelerate.Accelerator`` for one run; a single-process state left by an earlier run with
     another precision is reset (accelerate keeps its state process-wide)."""
@@ -215,6 +229,15 @@ class TrainLoop:
     are written atomically to ``checkpoint_dir/checkpoint.pt`` every ``checkpoint_every`` steps;
     ``resume=True`` continues from the latest. Because every step's data must be a pure function of
     the step index (the caller's responsibility), a resumed run equals an uninterrupted one.
+
+    Several processes (``accelerate launch``): each process calls ``loss_fn(step)`` on its own part
+    of the step's global batch (the caller's responsibility, e.g. ESD's sample indices), and the
+    trained tensors' gradients are averaged over the processes (one ``all_reduce`` each, which
+    hands every process the same sum) before the optimiser step, so every process holds the same
+    weights after every step; ``finish`` checks that. The model is not wrapped in
+    ``DistributedDataParallel``: methods call the pipeline's own modules, which would bypass the
+    wrapper's hooks. Recorded losses are the means over the processes. Only the main process
+    writes checkpoints; every process reads them on ``resume``.
     """
 
     def __init__(
@@ -242,6 +265,7 @@ class TrainLoop:
         self.gradient_checkpointing = gradient_checkpointing
         self.losses: list[float] = []
         self.accelerator = make_accelerator(mixed_precision, self.device)
+        self.num_processes = self.accelerator.num_processes
         model.requires_grad_(False)
         with torch.no_grad():
             for p in params.values():
@@ -276,7 +300,7 @@ class TrainLoop:
         return self.start_step
 
     def save_checkpoint(self, step: int) -> None:
-        if self.checkpoint_path is None:
+        if self.checkpoint_path is None or not self.accelerator.is_main_process:
             return
         state = {
             "step": step,
@@ -295,7 +319,12 @@ class TrainLoop:
                 and not model.is_gradient_checkpointing)
         if ckpt:
             model.enable_gradient_checkpointing()
-        prepared, optimizer = acc.prepare(model, self.optimizer)
+        if self.num_processes == 1:
+            prepared, optimizer = acc.prepare(model, self.optimizer)
+        else:
+            # Preparing the model would wrap it in DistributedDataParallel; gradients are averaged
+            # explicitly instead, and ``acc.autocast()`` below covers mixed precision.
+            prepared, optimizer = None, acc.prepare(self.optimizer)
         try:
             if self.progress:
                 self.progress(self.stage, self.start_step, self.steps, {})
@@ -303,6 +332,9 @@ class TrainLoop:
                 with acc.autocast():
                     loss = loss_fn(step)
                 acc.backward(loss)
+                if self.num_processes > 1:
+                    self._average_gradients()
+                    loss = self._mean_over_processes(loss.detach())
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 self.losses.append(float(loss.detach()))
@@ -312,15 +344,46 @@ class TrainLoop:
                 if self.progress:
                     self.progress(self.stage, done, self.steps, {"loss": self.losses[-1]})
         finally:
-            acc.unwrap_model(prepared, keep_fp32_wrapper=False)
+            if prepared is not None:
+                acc.unwrap_model(prepared, keep_fp32_wrapper=False)
             if ckpt:
                 model.disable_gradient_checkpointing()
             model.requires_grad_(False)
             acc.free_memory()
         return self.losses
 
+    # -- several processes
+    def _average_gradients(self) -> None:
+        """Replace every trained tensor's gradient by its mean over the processes."""
+        import torch.distributed as dist
+
+        # A tensor the forward did not reach has no gradient in any process (same model, same
+        # code), so skipping it keeps the collectives matched and Adam skips it as in one process.
+        for p in self.params.values():
+            if p.grad is not None:
+                dist.all_reduce(p.grad)
+                p.grad.div_(self.num_processes)
+
+    def _mean_over_processes(self, value: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        value = value.float().clone()
+        dist.all_reduce(value)
+        return value / self.num_processes
+
+    def _check_processes_agree(self) -> None:
+        """Raise if the processes' trained tensors differ (they must: same start, same updates)."""
+        from accelerate.utils import gather
+
+        sums = torch.stack([p.detach().double().sum() for p in self.params.values()])
+        every = gather(sums.to(self.accelerator.device)).view(self.num_processes, -1)
+        if not torch.equal(every.min(0).values, every.max(0).values):
+            raise RuntimeError("the processes' trained weights diverged; gradients were not synchronised")
+
     def finish(self) -> dict[str, torch.Tensor]:
         """The trained tensors in float32 (master copies); the model's tensors are cast back to its dtype."""
+        if self.num_processes > 1:
+            self._check_processes_agree()
         out = {n: p.detach().float().cpu().clone() for n, p in self.params.items()}
         with torch.no_grad():
             for p in self.params.values():

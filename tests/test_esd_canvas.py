@@ -18,7 +18,7 @@ from erasure.pipelines.canvas.render import OBJECTS, STYLES, caption
 TARGET = "striped"
 OTHERS = ["solid", "checkered", "outline"]
 SAMPLING = SamplingSettings(steps=15, guidance=3.0, seeds=[0, 1], batch_size=64)
-SHORT_ESD = dict(variant="esd-x", steps=60, lr=1e-3, ddim_steps=20, precompute_batch=32, checkpoint_every=0)
+SHORT_ESD = dict(variant="esd-x", steps=60, lr=5e-4, ddim_steps=20, precompute_batch=32, checkpoint_every=0)
 
 
 def style_accuracy(pipe, style: str, evaluator) -> float:

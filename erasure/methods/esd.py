@@ -37,6 +37,13 @@ Implementation choices (same algorithm and data as the references; see METHODS.m
   1024 px, a value carried over from its SDXL script).
 - The UNet is kept in eval mode (Stable Diffusion has no dropout, so this equals the reference's
   train mode).
+- Several processes (``accelerate launch --num_processes W``): data-parallel, ``batch_size`` per
+  process. The plan holds ``steps * batch_size * W`` samples; step s's global batch is samples
+  ``[s B W, (s+1) B W)`` and process r takes the r-th block of ``B`` of them, so W processes with
+  ``batch_size`` B train on the same samples as one process with ``batch_size`` B*W (the same run up
+  to float summation order; one process is exactly the single-process run). Each process
+  precomputes only its own samples; they are then gathered so every process holds all of them
+  and the main one can save them for resume. Gradients are averaged by ``TrainLoop``.
 """
 
 from __future__ import annotations
@@ -63,7 +70,15 @@ from erasure.diffusion import (
 )
 from erasure.edit import Edit
 from erasure.errors import ErasureInputError
-from erasure.training import MIXED_PRECISION, CostMeter, FrozenCopy, TrainLoop, resolve_mixed_precision, select_parameters
+from erasure.training import (
+    MIXED_PRECISION,
+    CostMeter,
+    FrozenCopy,
+    TrainLoop,
+    process_state,
+    resolve_mixed_precision,
+    select_parameters,
+)
 
 from .base import ErasureMethod, MethodConfig
 from .registry import register
@@ -142,8 +157,14 @@ class ESD(ErasureMethod):
         kind = prediction_type(pipe.scheduler)
         ac = alphas_cumprod(pipe.scheduler, device)
         ddim = ddim_for(pipe.scheduler, c.ddim_steps)
-        plan = self._plan(len(req.prompts), ddim, pipe.scheduler.config.num_train_timesteps)
+        state = process_state(cpu=device.type == "cpu")
+        rank, world = state.process_index, state.num_processes
+        plan = self._plan(len(req.prompts), ddim, pipe.scheduler.config.num_train_timesteps, world)
         checkpoint_dir = Path(run_dir) / "checkpoint" if run_dir is not None else None
+
+        def indices(step: int, process: int = rank) -> list[int]:
+            start = (step * world + process) * c.batch_size
+            return list(range(start, start + c.batch_size))
 
         selection = c.parameters if c.parameters else VARIANTS[c.variant]
         params = select_parameters(unet, selection)
@@ -160,11 +181,16 @@ class ESD(ErasureMethod):
             with meter.phase("precompute"):
                 data = self._load_data(checkpoint_dir, len(plan.depth)) if resume else None
                 if data is None:
-                    data = self._precompute(unet, ddim, cond, uncond, plan, shape, ac, kind, progress)
-                    self._save_data(checkpoint_dir, data)
+                    mine = [i for s in range(c.steps) for i in indices(s)]
+                    data = self._precompute(unet, ddim, cond, uncond, plan, mine, shape, ac, kind, progress)
+                    if world > 1:
+                        everyone = [[i for s in range(c.steps) for i in indices(s, r)] for r in range(world)]
+                        self._gather_samples(data, everyone, state)
+                    if state.is_main_process:
+                        self._save_data(checkpoint_dir, data)
 
         def samples(step: int):
-            idx = list(range(step * c.batch_size, (step + 1) * c.batch_size))
+            idx = indices(step)
             if data is not None:
                 return (data["x_t"][idx].to(device), data["t"][idx].to(device),
                         torch.tensor([plan.prompt[i] for i in idx]), data["target"][idx].to(device))
@@ -197,12 +223,13 @@ class ESD(ErasureMethod):
             tensors=tensors,
             base={},
             seed=c.seed,
-            cost={**meter.summary(), "device": str(device), "mixed_precision": mixed},
+            cost={**meter.summary(), "device": str(device), "mixed_precision": mixed, "num_processes": world},
             extra={
                 "trained_tensors": len(params),
                 "trained_parameters": int(sum(p.numel() for p in params.values())),
                 "resolution": resolution,
                 "prediction_type": kind,
+                "global_batch_size": c.batch_size * world,
                 "loss_first": losses[0] if losses else None,
                 "loss_last": losses[-1] if losses else None,
                 "loss_mean_last_10pct": (sum(losses[-max(1, len(losses) // 10):]) / max(1, len(losses) // 10)) if losses else None,
@@ -238,10 +265,10 @@ class ESD(ErasureMethod):
         return float(F.mse_loss(eps.float(), samples["target"].float()))
 
     # -- the data
-    def _plan(self, n_prompts: int, ddim, num_train_timesteps: int) -> _Plan:
+    def _plan(self, n_prompts: int, ddim, num_train_timesteps: int, num_processes: int = 1) -> _Plan:
         c: ESDConfig = self.config
         plan = _Plan([], [], [], [])
-        for i in range(c.steps * c.batch_size):
+        for i in range(c.steps * c.batch_size * num_processes):
             rng = random.Random(f"esd/{c.seed}/{i}")
             depth = rng.randrange(c.ddim_steps)
             plan.prompt.append(rng.randrange(n_prompts))
@@ -270,15 +297,16 @@ class ESD(ErasureMethod):
         # cfg with scale -eta: eps_u - eta (eps_c - eps_u), ESD's negatively guided target.
         return x_t, t, cfg(eps_u, eps_c, -c.eta)
 
-    def _precompute(self, unet, ddim, cond, uncond, plan: _Plan, shape, ac, kind, progress) -> dict:
+    def _precompute(self, unet, ddim, cond, uncond, plan: _Plan, mine: list[int], shape, ac, kind, progress) -> dict:
+        """x_t and targets for the samples ``mine`` (rows of tensors over the whole plan; other rows unset)."""
         c: ESDConfig = self.config
         n = len(plan.depth)
-        order = sorted(range(n), key=lambda i: plan.depth[i])  # similar depths step together
+        order = sorted(mine, key=lambda i: plan.depth[i])  # similar depths step together
         x_all = torch.empty((n, *shape), dtype=cond.hidden.dtype)
         target_all = torch.empty((n, *shape), dtype=torch.float32)
         done = 0
         if progress:
-            progress("sampling x_t", 0, n, {})
+            progress("sampling x_t", 0, len(order), {})
         with torch.no_grad():
             for start in range(0, n, c.precompute_batch):
                 idx = order[start:start + c.precompute_batch]
@@ -287,8 +315,18 @@ class ESD(ErasureMethod):
                 target_all[idx] = target.cpu()
                 done += len(idx)
                 if progress:
-                    progress("sampling x_t", done, n, {})
+                    progress("sampling x_t", done, len(order), {})
         return {"x_t": x_all, "t": torch.tensor(plan.timestep), "target": target_all}
+
+    @staticmethod
+    def _gather_samples(data: dict, everyone: list[list[int]], state) -> None:
+        """Fill ``data``'s rows computed by other processes (``everyone[r]``: process r's rows, equal counts)."""
+        from accelerate.utils import gather
+
+        order = [i for rows in everyone for i in rows]  # gather concatenates in process order
+        mine = everyone[state.process_index]
+        for key in ("x_t", "target"):
+            data[key][order] = gather(data[key][mine].to(state.device)).cpu()
 
     @staticmethod
     def _save_data(checkpoint_dir: Path | None, data: dict) -> None:
