@@ -117,7 +117,9 @@ def test_cli_quickstart_unknown_style_refused(tmp_path, capsys):
 
 def test_cli_quickstart_end_to_end(tmp_path, capsys):
     out = tmp_path / "q"
-    main(["quickstart", "--out", str(out), "--steps", "2", "--seeds", "0"])
+    with pytest.raises(SystemExit) as exc:
+        main(["quickstart", "--out", str(out), "--steps", "2", "--seeds", "0"])
+    assert exc.value.code == 0
     printed = capsys.readouterr().out
     assert "UA" in printed and "dotted" in printed
     metrics = json.loads((out / "metrics.json").read_text())
