@@ -75,7 +75,8 @@ class MemorizationSimilarity(Metric):
         references: the training/reference images (tensor (R, 3, H, W) in [0, 1] or PIL list),
             embedded once at construction.
         embedding: module or callable images -> (N, D) features (L2-normalised here unless they
-            already are unit vectors; cosine = dot product). Default: ``CanvasEvaluatorEmbedding()`` (the shipped evaluator).
+            already are unit vectors; cosine = dot product). Default: ``CanvasEvaluatorEmbedding()``
+            (the shipped evaluator). References are embedded on a module's device.
         threshold: a fixed similarity, or "chance" (default): the highest similarity any targeted
             generation reaches to a reference other than its own, i.e. what a non-memorizing model
             reaches by chance (needs targeted generations and at least two references).
@@ -109,7 +110,8 @@ class MemorizationSimilarity(Metric):
         else:
             self._embedding_fn = embedding
         self.embedding_name = embedding_name or _name(embedding)
-        ref = self.embed(to_image_tensor(references))
+        params = next(embedding.parameters(), None) if isinstance(embedding, nn.Module) else None
+        ref = self.embed(to_image_tensor(references, params.device if params is not None else None))
         if ref.shape[0] == 0:
             raise ErasureInputError("references: expected at least one reference image")
         self.register_buffer("reference_embeddings", ref, persistent=False)

@@ -91,14 +91,13 @@ class UnlearnCanvasAccuracy(Metric):
             raise ErasureInputError("targets: expected at least one erased concept")
         if len(self.targets) == len(own_names):
             logger.warning("every %s is a target: IRA has nothing to measure", kind)
-        n_own, n_other = len(own_names), len(self.objects if kind == "style" else self.styles)
+        n_own = len(own_names)
         # Prompted x predicted counts for the erased kind give UA and IRA (and their per-concept
         # breakdowns); the other kind only needs correct/total per prompted label of the erased kind
         # (index n_own: the prompt named no concept of the erased kind).
         self.add_state("kind_confusion", torch.zeros(n_own, n_own, dtype=torch.long), dist_reduce_fx="sum")
         self.add_state("other_correct", torch.zeros(n_own + 1, dtype=torch.long), dist_reduce_fx="sum")
         self.add_state("other_total", torch.zeros(n_own + 1, dtype=torch.long), dist_reduce_fx="sum")
-        self._n_other = n_other
 
     def update(self, images: Images, objects: Sequence[Label] | Tensor, styles: Sequence[Label] | Tensor) -> None:
         """Classify ``images`` and count them against the labels their prompts named."""
