@@ -14,9 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
 
-from erasure.api import check_output, method_config
+from erasure.api import check_output, method_config, parse_assignments
 from erasure.configs import PRESETS_DIR
 from erasure.errors import ErasureInputError
 from erasure.methods import available_methods
@@ -75,16 +74,7 @@ def parse_settings(text: str) -> dict:
     lines = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
     if len(lines) > MAX_SETTINGS:
         raise ErasureInputError(f"settings: more than {MAX_SETTINGS} lines")
-    out = {}
-    for line in lines:
-        key, sep, value = line.partition("=")
-        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key.strip()):
-            raise ErasureInputError(f"settings line {line!r}: expected KEY=VALUE")
-        try:
-            out[key.strip()] = yaml.safe_load(value) if value.strip() else None
-        except yaml.YAMLError:
-            raise ErasureInputError(f"settings line {line!r}: unreadable value") from None
-    return out
+    return parse_assignments(lines, "settings line")
 
 
 def new_run_name(runs_dir: Path, concept: str, method: str) -> str:

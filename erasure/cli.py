@@ -154,12 +154,12 @@ def erase(
     attention: AttentionOpt = "auto",
 ) -> None:
     """Erase a concept from a model; writes a run folder that `load_erased` and the other commands read."""
-    from erasure.api import check_output, method_config
+    from erasure.api import check_output, method_config, parse_assignments
     from erasure.request import ErasureRequest
 
     # Everything that costs nothing is checked before the model loads and before OUT is created.
     request = ErasureRequest(targets=concept, kind=kind, anchor=anchor, prompts=prompt)
-    overrides = _parse_sets(set_ or [])
+    overrides = parse_assignments(set_ or [])
     overrides.update({k: v for k, v in (("steps", steps), ("lr", lr), ("seed", seed)) if v is not None})
     cfg = method_config(method, config, **overrides)
     check_output(out, resume)
@@ -266,21 +266,6 @@ def app_command(
     public = f", public link {running.share_url}" if running.share_url else ""
     typer.echo(f"erasure app: {running.url} (runs: {runs}{public}); Ctrl+C stops it")
     running.block()
-
-
-def _parse_sets(items: list[str]) -> dict:
-    import yaml
-
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ErasureInputError(f"--set {item!r}: expected KEY=VALUE")
-        try:
-            out[key.strip()] = yaml.safe_load(value) if value.strip() else None
-        except yaml.YAMLError:
-            raise ErasureInputError(f"--set {item!r}: unreadable value") from None
-    return out
 
 
 def _count(n: int, noun: str) -> str:
