@@ -176,7 +176,7 @@ def edit_applied(pipe, edit: Edit) -> Iterator[None]:
     """``edit`` written into ``pipe`` inside the block; the original tensors restored after."""
     modules = pipeline_modules(pipe)
     saved: dict[str, torch.Tensor] = {}
-    for key in edit.tensors:
+    for key in {**edit.tensors, **edit.zeroed}:  # replaced tensors and pruned ones
         comp, _, name = key.partition(".")
         try:
             saved[key] = modules[comp].get_parameter(name).detach().clone()

@@ -5,7 +5,9 @@ A finished run folder holds::
     manifest.json       method, config, request, base model (source, pipeline class, fingerprint of
                         its weights), library versions, seed, cost, edit size
     edit.safetensors    only the tensors the method changed, keyed "component.parameter"
-                        (e.g. "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight")
+                        (e.g. "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight"),
+                        and, for pruning, the flat int32 indices of the entries set to zero, keyed
+                        "component.parameter@zeroed" (a sparse mask: its size is the edit's storage)
     full/               optional: the whole erased pipeline as a diffusers folder (save_pretrained)
 
 ``manifest.json`` is written last, through a temporary name and a rename, so a folder without it is
@@ -30,11 +32,12 @@ from erasure.atomic import atomic_path
 from erasure.errors import ErasureInputError
 
 FORMAT = "erasure-run"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: "@zeroed" index tensors (pruning masks)
 MANIFEST = "manifest.json"
 EDIT_FILE = "edit.safetensors"
 FULL_EXPORT = "full"
 CHECKPOINT_DIR = "checkpoint"
+ZEROED_SUFFIX = "@zeroed"
 
 
 def pipeline_modules(pipe) -> dict[str, torch.nn.Module]:
@@ -91,9 +94,23 @@ def _split_key(key: str) -> tuple[str, str]:
     return comp, name
 
 
+def _parameter(modules: dict[str, torch.nn.Module], key: str) -> torch.nn.Parameter:
+    comp, name = _split_key(key)
+    if comp not in modules:
+        raise ErasureInputError(f"edit tensor {key}: the pipeline has no component {comp!r}")
+    try:
+        return modules[comp].get_parameter(name)
+    except AttributeError:
+        raise ErasureInputError(f"edit tensor {key}: no such parameter in {comp}") from None
+
+
 @dataclass
 class Edit:
-    """The tensors an erasure changed (float32, CPU) and the record of how it was made."""
+    """The tensors an erasure changed (float32, CPU) and the record of how it was made.
+
+    ``tensors``: new values of whole parameters. ``zeroed``: for pruning, the flat (row-major)
+    int32 indices of each parameter's entries set to zero; applied after ``tensors``.
+    """
 
     method: str
     config: dict
@@ -103,6 +120,7 @@ class Edit:
     seed: int | None = None
     cost: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
+    zeroed: dict[str, torch.Tensor] = field(default_factory=dict)
 
     # -- applying
     def apply(self, pipe):
@@ -110,24 +128,28 @@ class Edit:
         modules = pipeline_modules(pipe)
         with torch.no_grad():
             for key, value in self.tensors.items():
-                comp, name = _split_key(key)
-                if comp not in modules:
-                    raise ErasureInputError(f"edit tensor {key}: the pipeline has no component {comp!r}")
-                try:
-                    param = modules[comp].get_parameter(name)
-                except AttributeError:
-                    raise ErasureInputError(f"edit tensor {key}: no such parameter in {comp}") from None
+                param = _parameter(modules, key)
                 if tuple(param.shape) != tuple(value.shape):
                     raise ErasureInputError(f"edit tensor {key}: shape {tuple(value.shape)} != {tuple(param.shape)}")
                 param.copy_(value.to(param.device, param.dtype))
+            for key, indices in self.zeroed.items():
+                param = _parameter(modules, key)
+                idx = indices.long()
+                if idx.numel() and (idx.min() < 0 or idx.max() >= param.numel()):
+                    raise ErasureInputError(f"edit mask {key}: indices outside the parameter's {param.numel()} entries")
+                flat = param.detach().reshape(-1).clone()
+                flat[idx.to(flat.device)] = 0
+                param.copy_(flat.view_as(param))
         return pipe
 
     def size(self) -> dict:
+        stored = [*self.tensors.values(), *self.zeroed.values()]
         return {
             "tensors": len(self.tensors),
             "parameters": int(sum(t.numel() for t in self.tensors.values())),
-            "bytes": int(sum(t.numel() * t.element_size() for t in self.tensors.values())),
-            "components": sorted({_split_key(k)[0] for k in self.tensors}),
+            "zeroed_entries": int(sum(t.numel() for t in self.zeroed.values())),
+            "bytes": int(sum(t.numel() * t.element_size() for t in stored)),
+            "components": sorted({_split_key(k)[0] for k in [*self.tensors, *self.zeroed]}),
         }
 
     # -- the run folder
@@ -154,8 +176,9 @@ class Edit:
         run = Path(run_dir)
         run.mkdir(parents=True, exist_ok=True)
         with atomic_path(run / EDIT_FILE) as tmp:
-            save_file({k: v.contiguous() for k, v in self.tensors.items()}, str(tmp),
-                      metadata={"format": FORMAT, "method": self.method})
+            stored = {k: v.contiguous() for k, v in self.tensors.items()}
+            stored |= {k + ZEROED_SUFFIX: v.to(torch.int32).contiguous() for k, v in self.zeroed.items()}
+            save_file(stored, str(tmp), metadata={"format": FORMAT, "method": self.method})
         if export_full:
             if pipe is None:
                 raise ValueError("export_full needs the erased pipeline")
@@ -178,10 +201,13 @@ class Edit:
         edit_path = Path(run_dir) / manifest["edit"]["file"]
         if not edit_path.is_file():
             raise ErasureInputError(f"{run_dir}: {manifest['edit']['file']} is missing")
+        stored = load_file(str(edit_path))
+        tensors = {k: v for k, v in stored.items() if not k.endswith(ZEROED_SUFFIX)}
+        zeroed = {k[: -len(ZEROED_SUFFIX)]: v for k, v in stored.items() if k.endswith(ZEROED_SUFFIX)}
         return cls(
             method=manifest["method"], config=manifest["config"], request=manifest["request"],
-            tensors=load_file(str(edit_path)), base=manifest["base"], seed=manifest.get("seed"),
-            cost=manifest.get("cost", {}), extra=manifest.get("extra", {}),
+            tensors=tensors, base=manifest["base"], seed=manifest.get("seed"),
+            cost=manifest.get("cost", {}), extra=manifest.get("extra", {}), zeroed=zeroed,
         )
 
 

@@ -18,6 +18,7 @@ def load_erased(
     device: str = "auto",
     dtype: str = "auto",
     attention: str = "auto",
+    allow_other_base: bool = False,
 ):
     """The base pipeline with the run's edit applied: an ordinary diffusers pipeline.
 
@@ -28,6 +29,13 @@ def load_erased(
             load the base from the source the manifest records (or, when the run has a full export
             and that source is gone, load the export).
         device, dtype, attention: as for ``load_pipeline`` when the base is loaded here.
+        allow_other_base: plug-and-play. Accept a ``base`` whose fingerprint differs, when the edit
+            changes only components that carry over (``PLUGGABLE``: the text encoder, e.g. AdvUnlearn's)
+            and the base's component has the architecture recorded at erasure time (class and shape
+            config; parameter names and shapes are checked when applying). If the base's component
+            is not the one the edit was trained from (its recorded fingerprint), the edit still
+            replaces the tensors it holds and the rest (e.g. token embeddings) stays the base's own;
+            a warning says so. Off by default: the fingerprint check protects the ordinary path.
     """
     from erasure.edit import FULL_EXPORT, Edit, fingerprint, read_manifest
 
@@ -50,12 +58,66 @@ def load_erased(
         base = load_pipeline(source, config=manifest["base"].get("config"), device=device, dtype=dtype,
                              attention=attention)
     actual = fingerprint(base)
-    if expected is not None and actual != expected:
+    if expected is not None and actual != expected and allow_other_base:
+        _check_pluggable(run, edit, base)
+    elif expected is not None and actual != expected:
         raise ErasureInputError(
             f"{run}: the base pipeline's weights differ from the model this edit was made for "
             f"(fingerprint {actual[:19]}... != {expected[:19]}...); load {manifest['base'].get('source') or 'that model'}"
             f" (in float32 or bfloat16)"
         )
     edit.apply(base)
-    logger.info("applied %s edit (%d tensors) from %s", edit.method, len(edit.tensors), run)
+    logger.info("applied %s edit (%d tensors, %d pruning masks) from %s", edit.method, len(edit.tensors), len(edit.zeroed), run)
     return base
+
+
+# ----------------------------------------------------------------------------- plug-and-play
+#: Components whose edits can be applied to another base pipeline (``allow_other_base``).
+PLUGGABLE = ("text_encoder",)
+#: Config keys that fix a component's architecture beyond its parameter shapes.
+ARCHITECTURE_KEYS = ("model_type", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                     "hidden_act", "vocab_size", "max_position_embeddings", "layer_norm_eps", "projection_dim")
+
+
+def component_record(module) -> dict:
+    """What a manifest records about a component for plug-and-play: class, architecture, fingerprint."""
+    from types import SimpleNamespace
+
+    from erasure.edit import fingerprint
+
+    config = getattr(module, "config", None)
+    architecture = {k: getattr(config, k) for k in ARCHITECTURE_KEYS if config is not None and hasattr(config, k)}
+    # fingerprint() hashes a pipeline's components; a one-component stand-in hashes this module alone.
+    return {"class": type(module).__name__, "architecture": architecture,
+            "fingerprint": fingerprint(SimpleNamespace(components={"component": module}))}
+
+
+def _check_pluggable(run: Path, edit, base) -> None:
+    """Refuse an edit that cannot move to ``base`` (another model); warn where it only partly fits."""
+    changed = sorted({key.partition(".")[0] for key in [*edit.tensors, *getattr(edit, "zeroed", {})]})
+    other = [c for c in changed if c not in PLUGGABLE]
+    if other or not changed:
+        raise ErasureInputError(
+            f"{run}: the base pipeline's weights differ from the model this edit was made for, and the edit "
+            f"changes {', '.join(other or ['nothing'])}: only {', '.join(PLUGGABLE)} edits apply to another base")
+    records = (edit.extra or {}).get("components", {})
+    for name in changed:
+        module = getattr(base, name, None)
+        if module is None:
+            raise ErasureInputError(f"{run}: the base pipeline ({type(base).__name__}) has no {name}")
+        record = records.get(name)
+        if record is None:
+            continue
+        mine = component_record(module)
+        if mine["class"] != record["class"] or mine["architecture"] != record["architecture"]:
+            diff = sorted(k for k in set(mine["architecture"]) | set(record["architecture"])
+                          if mine["architecture"].get(k) != record["architecture"].get(k))
+            raise ErasureInputError(
+                f"{run}: the base's {name} is a {mine['class']} that differs from the edited {record['class']}"
+                f"{' in ' + ', '.join(diff) if diff else ''}; plug-and-play needs the same architecture")
+        if mine["fingerprint"] != record["fingerprint"]:
+            logger.warning("%s: the base's %s is not the one the edit was trained from; the edit replaces %d of its "
+                           "tensors and the others stay the base's own", run, name,
+                           sum(k.startswith(name + ".") for k in edit.tensors))
+    logger.info("plug-and-play: applying the %s edit of %s to another base (%s)", ", ".join(changed), run,
+                type(base).__name__)

@@ -7,6 +7,7 @@ from .base import ErasureMethod, MethodConfig, read_config_file
 from .registry import available_methods, get_method, register, register_lazy
 
 register_lazy("esd", "erasure.methods.esd:ESD")
+register_lazy("prune", "erasure.methods.prune:Prune")
 
 __all__ = [
     "ErasureMethod",
