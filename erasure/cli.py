@@ -200,7 +200,7 @@ def evaluate(
     guidance: Annotated[float, typer.Option("--guidance", help="Classifier-free guidance scale.")] = 3.0,
     device: DeviceOpt = "auto",
 ) -> None:
-    """Score erased runs against the original on a suite; writes metrics.json and report.md."""
+    """Score erased runs against the original on a suite; writes metrics.json, report.md and report.html."""
     from erasure.evaluation import SamplingSettings, check_runs, evaluate_runs
     from erasure.pipelines.generation import parse_seeds
 
@@ -210,7 +210,45 @@ def evaluate(
     with _StageBars() as bars:
         metrics = evaluate_runs(original, erased, suite=suite, out=out, settings=settings, device=device, progress=bars)
     _print_scores(metrics)
-    typer.echo(f"wrote {out / 'metrics.json'} and {out / 'report.md'}")
+    typer.echo(f"wrote {out / 'metrics.json'}, {out / 'report.md'} and {out / 'report.html'}")
+
+
+@app.command()
+def compare(
+    runs: Annotated[list[Path], typer.Argument(help="Run folders to compare.")],
+    metrics: Annotated[Optional[list[Path]], typer.Option("--metrics", "-m", help="An evaluation's metrics.json (or its folder) with scores for these runs; repeatable.")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Also write the table as markdown to this file.")] = None,
+) -> None:
+    """Tabulate several runs side by side: method, settings, cost, edit size and, given evaluations, UA/IRA/CRA."""
+    from erasure.reports import compare_runs, comparison_markdown
+
+    rows = compare_runs(runs, metrics or [])
+    _print_comparison(rows)
+    if out is not None:
+        from erasure.atomic import atomic_path
+
+        with atomic_path(out) as tmp:
+            Path(tmp).write_text(comparison_markdown(rows), encoding="utf-8")
+        typer.echo(f"wrote {out}")
+
+
+def _print_comparison(rows: list[dict]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="runs compared (UA: erased; IRA/CRA: kept; after erasure)")
+    for column in ("run", "method", "erased", "settings", "UA", "IRA", "CRA", "time", "edit"):
+        table.add_column(column)
+    for r in rows:
+        sc = r["scores"] or {}
+        table.add_row(
+            Path(r["run"]).name, r["method"], f"{', '.join(r['targets'])} ({r['kind']})",
+            ", ".join(f"{k} {v}" for k, v in r["settings"].items()),
+            *("n/a" if sc.get(k) is None else f"{sc[k]:.0%}" for k in ("UA", "IRA", "CRA")),
+            "n/a" if r["wall_seconds"] is None else f"{r['wall_seconds']:.0f} s",
+            "n/a" if r["edit_bytes"] is None else f"{r['edit_bytes'] / 1e3:.0f} KB",
+        )
+    Console().print(table)
 
 
 @app.command()

@@ -2,7 +2,7 @@
 
 ``evaluate_runs(original, runs, suite="canvas", out=DIR)`` (CLI: ``erasure evaluate``) generates the
 suite's prompts with the original model and with every erased run on the same seeds, scores them,
-and writes ``metrics.json``, ``report.md`` and a before/after grid per run into ``DIR``.
+and writes ``metrics.json``, ``report.md``, ``report.html`` and a before/after grid per run into ``DIR``.
 
 The canvas suite is UnlearnCanvas' protocol on canvas-mini: every object x style caption, a few
 seeds each, judged by the shipped evaluator (``erasure.metrics.UnlearnCanvasAccuracy``). Each run's
@@ -27,12 +27,14 @@ from PIL import Image
 
 from erasure.atomic import atomic_path
 from erasure.errors import ErasureInputError
+from erasure.reports import html_report
 
 logger = logging.getLogger(__name__)
 
 SUITES: tuple[str, ...] = ("canvas",)
 METRICS_FILE = "metrics.json"
 REPORT_FILE = "report.md"
+HTML_REPORT_FILE = "report.html"
 
 #: progress(stage, done, total, metrics), as for training.
 ProgressFn = Callable[[str, int, int, dict], None]
@@ -254,7 +256,7 @@ def evaluate_runs(
     device: str = "auto",
     progress: ProgressFn | None = None,
 ) -> dict:
-    """Score every erased run against ``original`` and write metrics.json, report.md and grids to ``out``.
+    """Score every erased run against ``original``; write metrics.json, report.md, report.html and grids to ``out``.
 
     Returns the content of ``metrics.json``.
     """
@@ -296,6 +298,7 @@ def evaluate_runs(
     }
     _write_text(out / METRICS_FILE, json.dumps(metrics, indent=2))
     _write_text(out / REPORT_FILE, markdown_report(metrics))
+    _write_text(out / HTML_REPORT_FILE, html_report(metrics))
     return metrics
 
 

@@ -126,3 +126,46 @@ def test_cli_quickstart_end_to_end(tmp_path, capsys):
     assert (out / "run" / "manifest.json").is_file()
     assert (out / metrics["runs"][0]["grid"]).is_file()
     assert (out / "report.md").is_file()
+
+
+def test_html_report_shows_the_table_and_grid_in_a_browser(evaluated):
+    out, metrics = evaluated
+    page = (out / "report.html").read_text()
+    run = metrics["runs"][0]
+    assert page.startswith("<!doctype html>") and run["grid"] in page and "dotted" in page
+    playwright = pytest.importorskip("playwright.sync_api")
+    import shutil
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("no chromium on this machine")
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium)
+        try:
+            tab = browser.new_page()
+            tab.goto((out / "report.html").as_uri())
+            cells = tab.locator("tbody tr td").all_inner_texts()
+            loaded = tab.evaluate("Array.from(document.images).map(i => i.complete && i.naturalWidth)")
+        finally:
+            browser.close()
+    assert cells[0] == "dotted" and any("→" in c for c in cells)
+    grid = Image.open(out / run["grid"])
+    assert loaded == [grid.width]  # the grid image file loads, at its own size
+
+
+def test_compare_runs_table_and_cli(evaluated, style_run, tmp_path, capsys):
+    from erasure.reports import compare_runs, comparison_markdown
+
+    out, metrics = evaluated
+    (row,) = compare_runs([style_run], [out])
+    assert row["method"] == "esd" and row["targets"] == ["dotted"] and row["settings"]["steps"] == TINY_ESD["steps"]
+    assert row["scores"] == metrics["runs"][0]["after"]
+    assert compare_runs([style_run])[0]["scores"] is None  # not evaluated: no scores, not made-up ones
+    assert "| dotted | esd | dotted (style) |" in comparison_markdown([row])
+    with pytest.raises(SystemExit) as exc:
+        main(["compare", str(style_run), "--metrics", str(out / "metrics.json"), "--out", str(tmp_path / "t.md")])
+    assert exc.value.code == 0
+    assert "dotted" in capsys.readouterr().out and (tmp_path / "t.md").read_text().startswith("| run |")
+    with pytest.raises(SystemExit) as exc:
+        main(["compare", str(tmp_path / "missing")])
+    assert exc.value.code == 2 and len(capsys.readouterr().err.strip().splitlines()) == 1

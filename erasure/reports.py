@@ -1,0 +1,145 @@
+"""Reports people read: the evaluation's HTML page and the table that compares run folders.
+
+``html_report(metrics)`` renders an evaluation's ``metrics.json`` content as one self-contained
+HTML page (inline CSS, no scripts, images referenced next to it); ``evaluate_runs`` writes it as
+``report.html`` beside ``report.md``. ``compare_runs(runs)`` (CLI: ``erasure compare``) reads run
+folders (and, when given, evaluations' ``metrics.json``) into one row per run: what was erased, by
+which method with which settings, what it cost, and how well it did.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from erasure.errors import ErasureInputError
+
+_CSS = """
+body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1100px; color: #222; }
+table { border-collapse: collapse; margin: 1rem 0; }
+th, td { border: 1px solid #ccc; padding: .3rem .6rem; text-align: right; }
+th:first-child, td:first-child, td.text { text-align: left; }
+th { background: #f3f3f3; }
+td.good { color: #176f2c; } td.bad { color: #a61b1b; }
+img.grid { max-width: 100%; image-rendering: pixelated; border: 1px solid #ddd; }
+.note { color: #555; font-size: .9rem; }
+"""
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1%}"
+
+
+def _cell(before: float, after: float, higher_is_better: bool) -> str:
+    better = after > before if higher_is_better else after < before
+    worse = after < before if higher_is_better else after > before
+    cls = "good" if better else "bad" if worse else ""
+    return f'<td class="{cls}">{_pct(before)} &rarr; {_pct(after)}</td>'
+
+
+def html_report(metrics: dict) -> str:
+    """The evaluation as an HTML page: settings, the before/after table, each run's grid."""
+    e = html.escape
+    s, acc = metrics["sampling"], metrics["original_accuracy"]
+    rows = []
+    for r in metrics["runs"]:
+        b, a, c = r["before"], r["after"], r["cost"]
+        rows.append(
+            f"<tr><td>{e(Path(r['run']).name)}</td><td class=\"text\">{e(r['method'])}</td>"
+            f"<td class=\"text\">{e(', '.join(r['targets']))} ({e(r['kind'])})</td>"
+            + _cell(b["UA"], a["UA"], True) + _cell(b["IRA"], a["IRA"], True) + _cell(b["CRA"], a["CRA"], True)
+            + f"<td>{c.get('wall_seconds', float('nan')):.0f}</td>"
+            f"<td>{c.get('peak_memory_bytes', float('nan')) / 2**30:.2f}</td></tr>"
+        )
+    grids = "".join(
+        f"<h2>{e(Path(r['run']).name)}: {e(', '.join(r['targets']))} erased by {e(r['method'])}</h2>"
+        f"<p class=\"note\">Left: original; right: erased; same prompts and seeds.</p>"
+        f"<img class=\"grid\" src=\"{e(r['grid'])}\" alt=\"original and erased generations for {e(Path(r['run']).name)}\">"
+        for r in metrics["runs"]
+    )
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Evaluation: {e(metrics['suite'])} suite</title>
+<style>{_CSS}</style></head><body>
+<h1>Evaluation: {e(metrics['suite'])} suite</h1>
+<p>Original model: <code>{e(str(metrics['original']))}</code>. Judge: {e(metrics['judge'])}.
+{metrics['prompts']} prompts &times; {len(s['seeds'])} seeds, {e(str(s['scheduler']))} {s['steps']} steps, guidance {s['guidance']}.
+Original model's accuracy on its own generations: objects {_pct(acc['object_accuracy'])}, styles {_pct(acc['style_accuracy'])}.</p>
+<p class="note">UA: share of generations for the erased concept not recognised as it (higher: better erased).
+IRA: accuracy on the other concepts of the same kind; CRA: on the other kind (both higher: better kept).
+Green: better after erasure, red: worse.</p>
+<table><thead><tr><th>run</th><th>method</th><th>erased</th><th>UA</th><th>IRA</th><th>CRA</th>
+<th>time (s)</th><th>peak memory (GiB)</th></tr></thead>
+<tbody>{''.join(rows)}</tbody></table>
+{grids}
+</body></html>
+"""
+
+
+# ----------------------------------------------------------------------------- compare
+#: Config keys shown in the comparison when a method has them (the ones that tell runs apart).
+_SETTINGS = ("variant", "steps", "lr", "rho", "tau", "attack_steps", "gamma", "eta")
+
+
+def compare_runs(runs: Sequence[str | os.PathLike], metrics_files: Sequence[str | os.PathLike] = ()) -> list[dict]:
+    """One row per run folder: method, targets, settings, cost, edit size, and scores from ``metrics_files``.
+
+    Scores (UA/IRA/CRA after erasure) come from the first evaluation ``metrics.json`` that scored
+    the run (matched by the run folder's resolved path); runs no evaluation scored have none.
+    """
+    from erasure.edit import read_manifest
+
+    if not runs:
+        raise ErasureInputError("no runs to compare; give one or more run folders")
+    scores = _scores_by_run(metrics_files)
+    rows = []
+    for run in runs:
+        manifest = read_manifest(run)
+        config, cost, edit = manifest["config"], manifest.get("cost", {}), manifest.get("edit", {})
+        rows.append({
+            "run": str(run),
+            "method": manifest["method"],
+            "targets": manifest["request"]["targets"],
+            "kind": manifest["request"]["kind"],
+            "settings": {k: config[k] for k in _SETTINGS if k in config},
+            "wall_seconds": cost.get("wall_seconds"),
+            "peak_memory_bytes": cost.get("peak_memory_bytes"),
+            "edit_bytes": edit.get("bytes"),
+            "scores": scores.get(str(Path(run).expanduser().resolve())),
+        })
+    return rows
+
+
+def _scores_by_run(metrics_files: Sequence[str | os.PathLike]) -> dict[str, dict]:
+    out: dict[str, dict] = {}
+    for path in metrics_files:
+        p = Path(path).expanduser()
+        if p.is_dir():
+            p = p / "metrics.json"
+        if not p.is_file():
+            raise ErasureInputError(f"evaluation metrics not found: {p}")
+        try:
+            metrics = json.loads(p.read_text(encoding="utf-8"))
+            entries = [(r["run"], r["after"]) for r in metrics["runs"]]
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise ErasureInputError(f"{p}: not an evaluation's metrics.json ({exc})") from None
+        for run, after in entries:
+            out.setdefault(str(Path(run).expanduser().resolve()), after)
+    return out
+
+
+def comparison_markdown(rows: list[dict]) -> str:
+    """The comparison as a markdown table."""
+    lines = ["| run | method | erased | settings | UA | IRA | CRA | time (s) | peak memory (GiB) | edit (KB) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        sc = r["scores"] or {}
+        settings = ", ".join(f"{k} {v}" for k, v in r["settings"].items())
+        wall = "n/a" if r["wall_seconds"] is None else f"{r['wall_seconds']:.0f}"
+        mem = "n/a" if r["peak_memory_bytes"] is None else f"{r['peak_memory_bytes'] / 2**30:.2f}"
+        size = "n/a" if r["edit_bytes"] is None else f"{r['edit_bytes'] / 1e3:.1f}"
+        lines.append(f"| {Path(r['run']).name} | {r['method']} | {', '.join(r['targets'])} ({r['kind']}) | {settings} "
+                     f"| {_pct(sc.get('UA'))} | {_pct(sc.get('IRA'))} | {_pct(sc.get('CRA'))} | {wall} | {mem} | {size} |")
+    return "\n".join(lines) + "\n"
