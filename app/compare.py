@@ -25,6 +25,7 @@ from erasure.edit import Edit, fingerprint, pipeline_modules
 from erasure.errors import ErasureInputError
 from erasure.pipelines import generate, load_pipeline, parse_seeds
 from erasure.pipelines.canvas.model import EMBEDDED_MODEL_NAME
+from erasure.pipelines.one_step import one_step_pipeline
 
 from .runs import inspect_run, resolve_run
 
@@ -203,7 +204,9 @@ def compare(model: LoadedModel, request: CompareRequest, edits: dict[str, Edit],
     results = [(ORIGINAL, _generate(model.pipe, request, _offset(progress, 0, total, ORIGINAL)))]
     for i, (name, edit) in enumerate(edits.items(), start=1):
         with edit_applied(model.pipe, edit):
-            results.append((name, _generate(model.pipe, request, _offset(progress, i * per_model, total, name))))
+            # A run that made a one-step generator (SFD) samples through it, not the original sampler.
+            pipe = one_step_pipeline(model.pipe, edit.extra)
+            results.append((name, _generate(pipe, request, _offset(progress, i * per_model, total, name))))
     return results
 
 

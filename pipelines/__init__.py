@@ -5,12 +5,14 @@ from .erased import load_erased
 from .generation import SCHEDULERS, check_scheduler, generate, image_grid, make_scheduler, parse_seeds
 from .info import ComponentInfo, PipelineInfo, describe
 from .loading import load_pipeline
+from .one_step import OneStepPipeline, one_step_generate, one_step_pipeline
 from .single_file import save_single_file
 
 __all__ = [
     "ATTENTION_CHOICES",
     "SCHEDULERS",
     "ComponentInfo",
+    "OneStepPipeline",
     "PipelineInfo",
     "active_attention",
     "check_scheduler",
@@ -20,6 +22,8 @@ __all__ = [
     "load_erased",
     "load_pipeline",
     "make_scheduler",
+    "one_step_generate",
+    "one_step_pipeline",
     "parse_seeds",
     "save_single_file",
 ]

@@ -40,6 +40,7 @@ def load_erased(
     from erasure.edit import FULL_EXPORT, Edit, fingerprint, read_manifest
 
     from .loading import load_pipeline
+    from .one_step import one_step_pipeline
 
     run = Path(run_dir).expanduser()
     manifest = read_manifest(run)
@@ -50,7 +51,8 @@ def load_erased(
         full = run / FULL_EXPORT
         if source is None or (source != "canvas-mini" and not Path(source).exists()):
             if manifest.get("full_export") and full.is_dir():
-                return load_pipeline(full, device=device, dtype=dtype, attention=attention)
+                return one_step_pipeline(load_pipeline(full, device=device, dtype=dtype, attention=attention),
+                                         manifest.get("extra"))
             raise ErasureInputError(
                 f"{run}: the base model {source or '(not recorded)'} is not available; pass base=<pipeline> "
                 "(erasure.pipelines.load_pipeline) or re-run with a full export"
@@ -68,7 +70,8 @@ def load_erased(
         )
     edit.apply(base)
     logger.info("applied %s edit (%d tensors, %d pruning masks) from %s", edit.method, len(edit.tensors), len(edit.zeroed), run)
-    return base
+    # A run that made a one-step generator (SFD) samples through it, not through the original sampler.
+    return one_step_pipeline(base, manifest.get("extra"))
 
 
 # ----------------------------------------------------------------------------- plug-and-play

@@ -8,6 +8,7 @@ from .registry import available_methods, get_method, register, register_lazy
 
 register_lazy("esd", "erasure.methods.esd:ESD")
 register_lazy("prune", "erasure.methods.prune:Prune")
+register_lazy("sfd", "erasure.methods.sfd:SFD")
 
 __all__ = [
     "ErasureMethod",

@@ -1,0 +1,660 @@
+"""SFD: Score Forgetting Distillation (Chen et al., ICLR 2025) into a one-step generator.
+
+Data-free: the method takes prompts only. The pipeline's UNet is distilled, by Score identity
+Distillation (SiD), into a one-step generator ``G`` whose scores for the forget prompts are pulled
+to the teacher's scores for the override prompts. Three UNets: the frozen teacher ``eps*`` (the
+pipeline's own UNet), a fake-score network ``f_psi`` and the generator ``G``, both initialised from
+the teacher. ``G(z, c) = x0(eps_G(sqrt(1 - a*) z, t*, c))``: pure noise read as the noisy sample at
+a fixed ``t*`` (``erasure.pipelines.one_step.generator_x0``).
+
+Prompts (``request.resolve(pipe)``): forget prompts ``c_f`` are the request's prompts (and, by
+default, its paraphrases); each override prompt ``c_o`` is its forget prompt with the target
+concept replaced by the request's anchor ("dotted" -> "a painting", "brad pitt" -> "a middle aged
+man"; the reference's ``re.sub``); remain prompts ``c_r`` are the request's retain prompts.
+
+Every iteration, with a remain batch and a forget batch of ``batch_size`` each (``t ~ U[t_min, t_max)``,
+fresh noise, classifier-free guidance ``CFG(e, x_t, t, c, w)`` with the empty prompt):
+
+1. Fake-score step: ``x = sg(G(z, c))`` for ``c`` in both batches (10% of prompts dropped to "",
+   for G's input and f_psi's condition alike); ``x_t = add_noise(x, noise, t)``;
+   ``L_psi = sum_i w_i || eps(CFG(f_psi, x_t, t, c, kappa1)) - noise ||^2 / B``; Adam (betas 0, 0.999).
+2. Generator step: ``x = G(z, c)``; remain rows ``y_real = x0(CFG(eps*, x_t, t, c_r, kappa4))``,
+   forget rows ``y_real = x0(CFG(eps*, x_t, t, c_o, kappa4))`` (the teacher's score for the OVERRIDE
+   prompt: the forgetting term), ``y_fake = x0(CFG(f_psi, x_t, t, c, kappa2))``;
+   ``L_G = sum_i w_i sum((y_real - y_fake) * ((y_real - x) - alpha (y_real - y_fake))) / sg(mean|x - y_real|) / B``
+   (alpha = 1: ``(y_real - y_fake) * (y_fake - x)``); Adam. ``w_i``: ``remain_weight`` or ``forget_weight``.
+3. Samples with NaN/inf are dropped from each loss; NaN/inf gradients are zeroed; under fp16 the
+   generator's gradient values are clipped to ``fp16_grad_clip``.
+
+The result is an ``Edit`` holding the generator's changed UNet tensors, with
+``extra = {"sampler": "one-step", "t_star": t*}``: sample it with
+``erasure.pipelines.one_step.OneStepPipeline`` (one UNet call per image); as a multi-step model the
+edited UNet is meaningless. The pipeline passed in is left holding the generator's weights.
+
+Implementation choices (reference: tqch/score-forgetting-distillation, ``SD/training/training_loop.py``
+and ``sd_util.py``, run with ``run_sfd.sh``; METHODS.md section 3):
+
+- Timesteps. The reference's ``t* = 625`` and ``t ~ U[20, 980)`` are for SD's schedule; its CIFAR-10
+  DDPM config uses ``t* = 440`` and ``[38, 712)`` on a linear schedule. Both sets have the same
+  alpha_bar (0.138 at t*, i.e. SiD's sigma_init = 2.5; 0.981 and 0.0058 at the ends), so
+  ``t_star``/``t_min``/``t_max`` left at None are the timesteps whose alpha_bar is nearest SD's at
+  625, 20 and 980: exactly 625/20/980 on SD 1.x/2.x/XL, 755/79/950 on canvas-mini's cosine schedule.
+- Generator input: ``z`` enters as ``add_noise(0, z, t*) = sqrt(1 - a*) z``, as the reference's
+  sampler computes it (not ``z`` itself). No x0 clipping anywhere in training (the reference's
+  ``scheduler.step`` clips only when the scheduler is configured to; canvas-mini's DDIM is, SD's is
+  not): x0 estimates come from ``erasure.diffusion.x0_from_output``, which also serves v-prediction.
+- Losses in the reference's normalisation: sums over pixels, divided by the per-process batch.
+  The fake-score loss is taken in noise space for every prediction type (the reference's
+  v-prediction branch weights the velocity error by snr/(snr+1) = a_t, which is the same loss).
+- Gradients reach G through ``x`` and through ``y_real``/``y_fake``, which are evaluated at
+  ``x_t(x)`` (as the reference: neither the teacher nor f_psi is detached from its input; their
+  parameters are not trained in this step). ``sg(mean|x - y_real|)`` is per sample, clamped at 1e-5.
+- Prompt dropout: ``prompt_dropout`` (0.1) in the fake-score step, as the reference (which drops
+  only when the fake guidance is not 1); ``generator_prompt_dropout`` (reference: 0) in the
+  generator step, where a dropped forget row drops its override prompt too.
+- Batches: the remain and forget batches of a step are one UNet call (2B rows, 4B with CFG) with
+  per-row weights; the same sums as the reference's two passes. Prompts are drawn uniformly with
+  replacement per sample (the reference cycles a shuffled list). Every sample (prompt, dropout,
+  t, noise seeds) is a pure function of (seed, step, phase, branch, index), so a resumed run equals
+  an uninterrupted one and W processes with batch B equal one process with batch W*B.
+- Guidance: ``guidance`` (4.5) for kappa1 (fake training), kappa2/3 (fake evaluation) and kappa4
+  (teacher), each overridable. ``negative_prompt`` replaces "" in the teacher's guidance on forget
+  rows (the reference's ``use_neg = 0,0,1`` with a negative prompt); "" by default.
+- No EMA of the generator (the reference's SFD runs use ``--ema 0``). No LoRA. The reference starts
+  SD runs from a SiD-LSG-distilled one-step generator; ``generator_init`` takes the run folder of an
+  earlier SFD run on the same base (e.g. with ``forget_weight: 0``, i.e. plain SiD) for that.
+- Memory: the teacher is the pipeline's own UNet in its own dtype (no copy, frozen); G and f_psi are
+  float32 copies (master weights) run under autocast with mixed precision. Peak memory is measured
+  (``CostMeter``). Gradient checkpointing (``gradient_checkpointing``) applies to all three UNets,
+  since the generator step back-propagates through the teacher and f_psi as well.
+- Checkpoints hold both networks, both optimisers, the fp16 loss scaler state and the losses.
+- Several processes (``accelerate launch``): data-parallel as ESD; both networks' gradients are
+  averaged over the processes every step.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import random
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from erasure.diffusion import (
+    Conditions,
+    TextConditioner,
+    add_noise,
+    alphas_cumprod,
+    cfg,
+    eps_from_output,
+    initial_noise,
+    latent_shape,
+    native_resolution,
+    prediction_type,
+    unet_output,
+    x0_from_output,
+)
+from erasure.edit import Edit
+from erasure.errors import ErasureInputError
+from erasure.pipelines.one_step import SAMPLER, generator_x0
+from erasure.training import MIXED_PRECISION, CostMeter, make_accelerator, process_state, resolve_mixed_precision
+
+from .base import ErasureMethod, MethodConfig
+from .registry import register
+
+logger = logging.getLogger(__name__)
+
+FORGET_SETS = ("prompts", "prompts+paraphrases")
+CHECKPOINT_FILE = "checkpoint.pt"
+#: The reference's timesteps on Stable Diffusion's schedule; other schedules match their alpha_bar.
+REFERENCE_TIMESTEPS = {"t_min": 20, "t_star": 625, "t_max": 980}
+
+
+@dataclass
+class SFDConfig(MethodConfig):
+    """SFD hyperparameters. Defaults: the reference's SD run (run_sfd.sh), steps = its evaluated 100k-image snapshot."""
+
+    steps: int = 12500
+    batch_size: int = 8
+    generator_lr: float = 1e-6
+    fake_lr: float = 3e-6
+    adam_betas: list[float] = field(default_factory=lambda: [0.0, 0.999])
+    adam_eps: float | None = None
+    alpha: float = 1.0
+    guidance: float = 4.5
+    fake_train_guidance: float | None = None
+    fake_guidance: float | None = None
+    real_guidance: float | None = None
+    prompt_dropout: float = 0.1
+    generator_prompt_dropout: float = 0.0
+    t_star: int | None = None
+    t_min: int | None = None
+    t_max: int | None = None
+    remain_weight: float = 1.0
+    forget_weight: float = 1.0
+    forget_set: str = "prompts+paraphrases"
+    negative_prompt: str = ""
+    generator_init: str | None = None
+    resolution: int | None = None
+    seed: int = 0
+    checkpoint_every: int = 100
+    mixed_precision: str = "auto"
+    gradient_checkpointing: bool = False
+    fp16_grad_clip: float = 1.0
+
+    def validate(self) -> None:
+        def bad(key: str, why: str) -> ErasureInputError:
+            return ErasureInputError(f"sfd config {key}: {why}, got {getattr(self, key)!r}")
+
+        for key in ("steps", "batch_size"):
+            if getattr(self, key) < 1:
+                raise bad(key, "must be at least 1")
+        if self.checkpoint_every < 0:
+            raise bad("checkpoint_every", "must be >= 0 (0: no checkpoints)")
+        for key in ("generator_lr", "fake_lr"):
+            if not (math.isfinite(getattr(self, key)) and getattr(self, key) > 0):
+                raise bad(key, "must be a positive number")
+        if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
+            raise bad("adam_betas", "must be two numbers in [0, 1)")
+        if self.adam_eps is not None and not self.adam_eps > 0:
+            raise bad("adam_eps", "must be positive")
+        for key in ("alpha", "guidance", "fake_train_guidance", "fake_guidance", "real_guidance", "remain_weight",
+                    "forget_weight", "fp16_grad_clip"):
+            value = getattr(self, key)
+            if value is not None and not (math.isfinite(value) and value >= 0):
+                raise bad(key, "must be a finite number >= 0")
+        if self.alpha <= 0:
+            raise bad("alpha", "must be positive (SiD's alpha; the reference uses 1, 1.2 for CIFAR-10)")
+        if self.remain_weight == 0 and self.forget_weight == 0:
+            raise ErasureInputError("sfd config: remain_weight and forget_weight are both 0; nothing to train")
+        for key in ("prompt_dropout", "generator_prompt_dropout"):
+            if not 0 <= getattr(self, key) < 1:
+                raise bad(key, "must be in [0, 1)")
+        for key in ("t_star", "t_min", "t_max"):
+            if getattr(self, key) is not None and getattr(self, key) < 0:
+                raise bad(key, "must be a timestep >= 0 (or null: matched to the reference)")
+        if self.forget_set not in FORGET_SETS:
+            raise bad("forget_set", f"expected one of {', '.join(FORGET_SETS)}")
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise bad("mixed_precision", f"expected one of {', '.join(MIXED_PRECISION)}")
+        if self.resolution is not None and self.resolution < 8:
+            raise bad("resolution", "is too small")
+
+    def guidances(self) -> dict[str, float]:
+        """kappa1 (fake training), kappa2/3 (fake evaluation), kappa4 (teacher), defaulting to ``guidance``."""
+        pick = lambda v: self.guidance if v is None else v  # noqa: E731
+        return {"fake_train": pick(self.fake_train_guidance), "fake": pick(self.fake_guidance),
+                "real": pick(self.real_guidance)}
+
+
+# ----------------------------------------------------------------------------- pure pieces (tested by hand)
+def sid_generator_loss(x: torch.Tensor, y_real: torch.Tensor, y_fake: torch.Tensor, alpha: float,
+                       weights: torch.Tensor | None = None, batch: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """SiD's generator loss, per sample normalised by ``sg(mean|x - y_real|)``; returns (loss, kept rows).
+
+    ``sum_i w_i sum_pixels((y_real - y_fake) * ((y_real - x) - alpha (y_real - y_fake))) / n_i / batch``
+    over the rows without NaN/inf in x, y_real or y_fake (``batch`` defaults to all rows, kept or not,
+    as the reference divides by its per-GPU batch). alpha = 1 uses the simplified form
+    ``(y_real - y_fake) * (y_fake - x)``, as the reference does.
+    """
+    x, y_real, y_fake = x.float(), y_real.float(), y_fake.float()
+    n = x.shape[0]
+    kept = _finite_rows(x) & _finite_rows(y_real) & _finite_rows(y_fake)
+    weights = torch.ones(n, device=x.device) if weights is None else weights.to(x.device, torch.float32)
+    x, y_real, y_fake, weights = x[kept], y_real[kept], y_fake[kept], weights[kept]
+    dims = tuple(range(1, x.ndim))
+    with torch.no_grad():
+        norm = (x - y_real).abs().mean(dim=dims, keepdim=True).clamp(min=1e-5)
+    if alpha == 1:
+        per = (y_real - y_fake) * (y_fake - x) / norm
+    else:
+        per = (y_real - y_fake) * ((y_real - x) - alpha * (y_real - y_fake)) / norm
+    return (weights * per.sum(dim=dims)).sum() / (batch or n), kept
+
+
+def fake_score_loss(eps: torch.Tensor, noise: torch.Tensor, weights: torch.Tensor | None = None,
+                    batch: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Denoising loss of the fake-score network in noise space over rows without NaN/inf; (loss, kept rows)."""
+    eps, noise = eps.float(), noise.float()
+    n = eps.shape[0]
+    kept = _finite_rows(eps)
+    weights = torch.ones(n, device=eps.device) if weights is None else weights.to(eps.device, torch.float32)
+    per = (eps[kept] - noise[kept]).pow(2).flatten(1).sum(1)
+    return (weights[kept] * per).sum() / (batch or n), kept
+
+
+def _finite_rows(t: torch.Tensor) -> torch.Tensor:
+    return torch.isfinite(t.detach()).flatten(1).all(1)
+
+
+def override_prompt(prompt: str, targets: list[str], anchor: str) -> str | None:
+    """``prompt`` with each target concept replaced by ``anchor`` (case-insensitive, whole words); None if no target occurs.
+
+    An anchor with its own article ("a painting") also takes the place of an article before the
+    target ("a dotted painting" keeps working: "a star in dotted style" -> "a star in a painting style").
+    """
+    article = re.match(r"(a|an|the)\s", anchor, flags=re.IGNORECASE) is not None
+    out, hit = prompt, False
+    for target in sorted(targets, key=len, reverse=True):
+        core = re.sub(r"^(a|an|the)\s+", "", target.strip(), flags=re.IGNORECASE)
+        lead = r"\b(?:(?:a|an|the)\s+)?" if article else r"\b"
+        pattern = re.compile(lead + re.escape(core) + r"\b", flags=re.IGNORECASE)
+        out, count = pattern.subn(lambda _m: anchor, out)
+        hit = hit or count > 0
+    return " ".join(out.split()) if hit else None
+
+
+@dataclass
+class PromptSets:
+    """SFD's prompts: forget (with their override, row by row) and remain."""
+
+    forget: list[str]
+    override: list[str]
+    remain: list[str]
+
+    def texts(self, negative: str) -> list[str]:
+        """Every distinct text to encode; "" first."""
+        return list(dict.fromkeys(["", negative, *self.forget, *self.override, *self.remain]))
+
+
+def prompt_sets(request, forget_set: str = "prompts+paraphrases") -> PromptSets:
+    """The forget, override and remain prompts of a resolved request."""
+    forget = list(request.prompts or [])
+    if forget_set == "prompts+paraphrases":
+        forget += list(request.paraphrases or [])
+    forget = list(dict.fromkeys(forget))
+    anchor = request.anchor or ""
+    override = []
+    for p in forget:
+        o = override_prompt(p, request.targets, anchor)
+        if o is None:
+            # The reference would keep the prompt as it is, which distils the concept instead of
+            # forgetting it; the anchor alone is the override then.
+            logger.info("sfd: no target in forget prompt %r; its override is the anchor %r", p, anchor)
+            o = anchor
+        override.append(o)
+    remain = [r for r in dict.fromkeys(request.retain or []) if r not in set(forget)]
+    if not forget:
+        raise ErasureInputError("sfd: the request has no forget prompts")
+    if not remain:
+        raise ErasureInputError("sfd: the request has no retain prompts (SFD's remain set); give some")
+    return PromptSets(forget, override, remain)
+
+
+def reference_alpha_bars() -> dict[str, float]:
+    """Stable Diffusion's alpha_bar at the reference timesteps (scaled-linear betas 0.00085..0.012, 1000 steps)."""
+    betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float32) ** 2
+    ac = torch.cumprod(1 - betas, dim=0)
+    return {k: float(ac[t]) for k, t in REFERENCE_TIMESTEPS.items()}
+
+
+def resolve_timesteps(config: SFDConfig, scheduler) -> dict[str, int]:
+    """t_star, t_min, t_max on this scheduler: the configured values, or those matching the reference's alpha_bar."""
+    ac = alphas_cumprod(scheduler)
+    total = len(ac)
+    out = {}
+    for key, target in reference_alpha_bars().items():
+        value = getattr(config, key)
+        out[key] = int((ac - target).abs().argmin()) if value is None else int(value)
+    if not 0 <= out["t_min"] < out["t_max"] <= total:
+        raise ErasureInputError(f"sfd timesteps: need 0 <= t_min < t_max <= {total}, got {out['t_min']}, {out['t_max']}")
+    if not 0 < out["t_star"] < total:
+        raise ErasureInputError(f"sfd t_star: must lie in [1, {total - 1}], got {out['t_star']}")
+    return out
+
+
+def guided_output(unet, x_t: torch.Tensor, t: torch.Tensor, cond: Conditions, uncond: Conditions,
+                  scale: float) -> torch.Tensor:
+    """``CFG(unet, x_t, t, cond, scale)`` in the model's output space; one call (doubled batch), none doubled at scale 1."""
+    if scale == 1:
+        return unet_output(unet, x_t, t, cond)
+    out_u, out_c = unet_output(unet, torch.cat([x_t, x_t]), torch.cat([t, t]), Conditions.cat([uncond, cond])).chunk(2)
+    return cfg(out_u, out_c, scale)
+
+
+# ----------------------------------------------------------------------------- the per-step samples
+@dataclass
+class _Batch:
+    """One phase's rows on this process: remain rows first, then forget rows."""
+
+    g_cond: list[int]      # text index of G's condition (= f_psi's)
+    real_cond: list[int]   # text index of the teacher's condition (override prompt on forget rows)
+    real_uncond: list[int]  # text index of the teacher's unconditional branch
+    forget: list[bool]
+    t: list[int]
+    z_seed: list[int]
+    noise_seed: list[int]
+
+
+class _Plan:
+    """Every sample of every step, a pure function of (seed, step, phase, branch, global index)."""
+
+    def __init__(self, c: SFDConfig, sets: PromptSets, index: dict[str, int], times: dict[str, int]) -> None:
+        self.c, self.sets, self.index, self.times = c, sets, index, times
+
+    def batch(self, step: int, phase: str, rank: int = 0) -> _Batch:
+        c, s, idx = self.c, self.sets, self.index
+        dropout = c.prompt_dropout if phase == "fake" else c.generator_prompt_dropout
+        out = _Batch([], [], [], [], [], [], [])
+        for branch in ("remain", "forget"):
+            for j in range(rank * c.batch_size, (rank + 1) * c.batch_size):
+                rng = random.Random(f"sfd/{c.seed}/{step}/{phase}/{branch}/{j}")
+                k = rng.randrange(len(s.remain if branch == "remain" else s.forget))
+                dropped = rng.random() < dropout
+                if branch == "remain":
+                    g = real = "" if dropped else s.remain[k]
+                    uncond = ""
+                else:
+                    g = "" if dropped else s.forget[k]
+                    real = "" if dropped else s.override[k]
+                    uncond = "" if dropped else c.negative_prompt
+                out.g_cond.append(idx[g])
+                out.real_cond.append(idx[real])
+                out.real_uncond.append(idx[uncond])
+                out.forget.append(branch == "forget")
+                out.t.append(rng.randrange(self.times["t_min"], self.times["t_max"]))
+                out.z_seed.append(rng.randrange(2**31))
+                out.noise_seed.append(rng.randrange(2**31))
+        return out
+
+
+# ----------------------------------------------------------------------------- the method
+@register("sfd")
+class SFD(ErasureMethod):
+    """Score forgetting distillation into a one-step generator (see the module docstring)."""
+
+    config_class = SFDConfig
+
+    def __call__(self, pipe, request, *, run_dir=None, resume: bool = False, progress=None) -> Edit:
+        c: SFDConfig = self.config
+        req = request.resolve(pipe)
+        sets = prompt_sets(req, c.forget_set)
+        teacher = pipe.unet
+        device = teacher.device
+        times = resolve_timesteps(c, pipe.scheduler)
+        mixed = resolve_mixed_precision(c.mixed_precision, teacher.dtype, device)
+        meter = CostMeter(device)
+        state = process_state(cpu=device.type == "cpu")
+        resolution = c.resolution or native_resolution(pipe)
+        run = _Run(self, pipe, sets, times, mixed, resolution, state, run_dir)
+        try:
+            if resume:
+                run.resume()
+            with meter.phase("training"):
+                run.train(progress)
+            tensors = run.changed_generator_tensors()
+            extra = run.summary()
+        finally:
+            run.close()
+        edit = Edit(
+            method=self.name, config=c.to_dict(), request=req.to_dict(), tensors=tensors, base={}, seed=c.seed,
+            cost={**meter.summary(), "device": str(device), "mixed_precision": mixed, "num_processes": state.num_processes},
+            extra=extra,
+        )
+        edit.apply(pipe)  # the pipeline passed in holds the generator now (sample it with OneStepPipeline)
+        logger.info("sfd: %d generator tensors changed; t* = %d", len(tensors), times["t_star"])
+        return edit
+
+
+class _Run:
+    """The state of one SFD run: networks, optimisers, data plan, losses, checkpoints."""
+
+    def __init__(self, method: SFD, pipe, sets: PromptSets, times: dict[str, int], mixed: str, resolution: int,
+                 state, run_dir) -> None:
+        c: SFDConfig = method.config
+        self.c, self.pipe, self.sets, self.times, self.mixed, self.state = c, pipe, sets, times, mixed, state
+        self.teacher = pipe.unet
+        self.device = self.teacher.device
+        self.kind = prediction_type(pipe.scheduler)
+        self.ac = alphas_cumprod(pipe.scheduler, self.device)
+        self.shape = latent_shape(pipe, resolution)
+        self.resolution = resolution
+        self.checkpoint_path = Path(run_dir) / "checkpoint" / CHECKPOINT_FILE if run_dir is not None else None
+        self.world, self.rank = state.num_processes, state.process_index
+        self.start_step = 0
+        self.losses: dict[str, list[float]] = {"fake": [], "generator": []}
+        self.kappa = c.guidances()
+
+        texts = sets.texts(c.negative_prompt)
+        self.index = {t: i for i, t in enumerate(texts)}
+        encode = TextConditioner(pipe, resolution)
+        with torch.no_grad():
+            parts = [encode(texts[i:i + 64]) for i in range(0, len(texts), 64)]
+        self.texts = Conditions.cat(parts)
+        self.plan = _Plan(c, sets, self.index, times)
+
+        self.teacher.requires_grad_(False)
+        self.generator = self._copy_of_teacher()
+        self.fake = self._copy_of_teacher()
+        if c.generator_init:
+            self._load_generator_init(c.generator_init)
+        self.accelerator = make_accelerator(mixed, self.device)
+        eps = c.adam_eps if c.adam_eps is not None else (1e-6 if mixed == "fp16" else 1e-8)  # the reference's
+        betas = tuple(c.adam_betas)
+        opt_g = torch.optim.Adam(self.generator.parameters(), lr=c.generator_lr, betas=betas, eps=eps)
+        opt_f = torch.optim.Adam(self.fake.parameters(), lr=c.fake_lr, betas=betas, eps=eps)
+        self.opt_g, self.opt_f = self.accelerator.prepare(opt_g, opt_f)
+        self.checkpointing = []
+        if c.gradient_checkpointing:
+            for unet in (self.generator, self.fake, self.teacher):
+                if getattr(unet, "_supports_gradient_checkpointing", False) and not unet.is_gradient_checkpointing:
+                    unet.enable_gradient_checkpointing()
+                    self.checkpointing.append(unet)
+
+    def _copy_of_teacher(self) -> torch.nn.Module:
+        # float32 master weights whatever the pipeline's dtype; autocast runs the forward in half precision.
+        net = copy.deepcopy(self.teacher).eval()
+        if net.dtype != torch.float32:
+            net.to(torch.float32)
+        net.requires_grad_(False)
+        return net
+
+    def _load_generator_init(self, run_dir: str) -> None:
+        from erasure.edit import Edit, fingerprint, read_manifest
+
+        manifest = read_manifest(run_dir)
+        extra = manifest.get("extra", {})
+        if manifest.get("method") != "sfd" or extra.get("sampler") != SAMPLER:
+            raise ErasureInputError(f"sfd generator_init {run_dir}: not an SFD run")
+        if int(extra.get("t_star", -1)) != self.times["t_star"]:
+            raise ErasureInputError(f"sfd generator_init {run_dir}: its generator uses t_star {extra.get('t_star')}, "
+                                    f"this run {self.times['t_star']}")
+        if manifest["base"].get("fingerprint") not in (None, fingerprint(self.pipe)):
+            raise ErasureInputError(f"sfd generator_init {run_dir}: made for another base model")
+        params = dict(self.generator.named_parameters())
+        with torch.no_grad():
+            for key, value in Edit.load(run_dir).tensors.items():
+                comp, _, name = key.partition(".")
+                if comp == "unet" and name in params:
+                    params[name].copy_(value.to(self.device, torch.float32))
+        logger.info("sfd: generator initialised from %s", run_dir)
+
+    # -- one step of each network
+    def _rows(self, batch: _Batch):
+        cond = lambda ids: self.texts.index(ids)  # noqa: E731
+        t = torch.tensor(batch.t, device=self.device)
+        z = initial_noise(batch.z_seed, self.shape, self.device, torch.float32)
+        noise = initial_noise(batch.noise_seed, self.shape, self.device, torch.float32)
+        c = self.c
+        weights = torch.tensor([c.forget_weight if f else c.remain_weight for f in batch.forget], device=self.device)
+        return cond, t, z, noise, weights
+
+    def fake_step(self, step: int) -> float:
+        batch = self.plan.batch(step, "fake", self.rank)
+        cond, t, z, noise, weights = self._rows(batch)
+        g_cond = cond(batch.g_cond)
+        empty = cond([self.index[""]] * len(batch.t))
+        acc = self.accelerator
+        self.fake.requires_grad_(True)
+        try:
+            with acc.autocast():
+                with torch.no_grad():
+                    x = generator_x0(self.generator, z, self.times["t_star"], g_cond, self.ac, self.kind)
+                x_t = add_noise(self.ac, x, noise, t)
+                out = guided_output(self.fake, x_t, t, g_cond, empty, self.kappa["fake_train"])
+                eps = eps_from_output(self.ac, out, x_t, t, self.kind)
+                loss, kept = fake_score_loss(eps, noise, weights, self.c.batch_size)
+            return self._update(loss, kept, self.fake, self.opt_f, clip=None)
+        finally:
+            self.fake.requires_grad_(False)
+
+    def generator_step(self, step: int) -> float:
+        batch = self.plan.batch(step, "generator", self.rank)
+        cond, t, z, noise, weights = self._rows(batch)
+        g_cond = cond(batch.g_cond)
+        empty = cond([self.index[""]] * len(batch.t))
+        acc = self.accelerator
+        self.generator.requires_grad_(True)
+        try:
+            with acc.autocast():
+                x = generator_x0(self.generator, z, self.times["t_star"], g_cond, self.ac, self.kind)
+                x_t = add_noise(self.ac, x, noise, t)
+                y_fake = x0_from_output(self.ac, guided_output(self.fake, x_t, t, g_cond, empty, self.kappa["fake"]),
+                                        x_t, t, self.kind)
+                out_real = guided_output(self.teacher, x_t, t, cond(batch.real_cond), cond(batch.real_uncond),
+                                         self.kappa["real"])
+                y_real = x0_from_output(self.ac, out_real, x_t, t, self.kind)
+                loss, kept = sid_generator_loss(x, y_real, y_fake, self.c.alpha, weights, self.c.batch_size)
+            clip = self.c.fp16_grad_clip if self.mixed == "fp16" and self.c.fp16_grad_clip > 0 else None
+            return self._update(loss, kept, self.generator, self.opt_g, clip=clip)
+        finally:
+            self.generator.requires_grad_(False)
+
+    def _update(self, loss: torch.Tensor, kept: torch.Tensor, net: torch.nn.Module, optimizer, clip: float | None) -> float:
+        acc = self.accelerator
+        if kept.any():
+            acc.backward(loss)
+        params = list(net.parameters())
+        if self.world > 1:
+            self._average_gradients(params)
+            loss = self._mean(loss.detach())
+        if all(p.grad is None for p in params):
+            logger.warning("sfd: every sample of this step was NaN/inf; step skipped")
+            optimizer.zero_grad(set_to_none=True)
+            return float("nan")
+        acc.unscale_gradients(optimizer=optimizer)  # fp16: real gradients (and the overflow check) before editing them
+        for p in params:
+            if p.grad is not None:
+                torch.nan_to_num(p.grad, nan=0.0, posinf=1e5, neginf=-1e5, out=p.grad)
+        if clip is not None:
+            torch.nn.utils.clip_grad_value_(params, clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return float(loss.detach())
+
+    def _average_gradients(self, params: list[torch.nn.Parameter]) -> None:
+        import torch.distributed as dist
+
+        for p in params:
+            if p.grad is None:  # a process with no finite sample: zeros keep the collectives matched
+                p.grad = torch.zeros_like(p)
+            dist.all_reduce(p.grad)
+            p.grad.div_(self.world)
+
+    def _mean(self, value: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        value = value.float().clone().reshape(1)
+        dist.all_reduce(value)
+        return value[0] / self.world
+
+    # -- the loop
+    def train(self, progress=None) -> None:
+        steps = self.c.steps
+        if progress:
+            progress("training", self.start_step, steps, {})
+        for step in range(self.start_step, steps):
+            self.losses["fake"].append(self.fake_step(step))
+            self.losses["generator"].append(self.generator_step(step))
+            done = step + 1
+            if self.c.checkpoint_every and done % self.c.checkpoint_every == 0 and done < steps:
+                self.save_checkpoint(done)
+            if progress:
+                progress("training", done, steps, {"fake_loss": self.losses["fake"][-1],
+                                                   "generator_loss": self.losses["generator"][-1]})
+
+    def save_checkpoint(self, step: int) -> None:
+        if self.checkpoint_path is None or not self.state.is_main_process:
+            return
+        from erasure.atomic import atomic_path
+
+        scaler = self.accelerator.scaler
+        state = {
+            "step": step,
+            "generator": {n: p.detach().cpu() for n, p in self.generator.named_parameters()},
+            "fake": {n: p.detach().cpu() for n, p in self.fake.named_parameters()},
+            "generator_optimizer": self.opt_g.state_dict(),
+            "fake_optimizer": self.opt_f.state_dict(),
+            "scaler": scaler.state_dict() if scaler is not None else None,
+            "losses": {k: list(v) for k, v in self.losses.items()},
+        }
+        with atomic_path(self.checkpoint_path) as tmp:
+            torch.save(state, tmp)
+
+    def resume(self) -> int:
+        if self.checkpoint_path is None or not self.checkpoint_path.is_file():
+            return 0
+        state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
+        for key, net in (("generator", self.generator), ("fake", self.fake)):
+            params = dict(net.named_parameters())
+            if sorted(state[key]) != sorted(params):
+                raise ErasureInputError(f"{self.checkpoint_path}: the checkpoint's {key} network has other tensors than this UNet")
+            with torch.no_grad():
+                for n, p in params.items():
+                    p.copy_(state[key][n])
+        self.opt_g.load_state_dict(state["generator_optimizer"])
+        self.opt_f.load_state_dict(state["fake_optimizer"])
+        if state.get("scaler") is not None and self.accelerator.scaler is not None:
+            self.accelerator.scaler.load_state_dict(state["scaler"])
+        self.losses = {k: list(v) for k, v in state["losses"].items()}
+        self.start_step = int(state["step"])
+        logger.info("sfd: resumed from %s at step %d", self.checkpoint_path, self.start_step)
+        return self.start_step
+
+    # -- the result
+    def changed_generator_tensors(self) -> dict[str, torch.Tensor]:
+        teacher = dict(self.teacher.named_parameters())
+        out = {}
+        for n, p in self.generator.named_parameters():
+            value = p.detach().float().cpu()
+            if not torch.equal(value, teacher[n].detach().float().cpu()):
+                out[f"unet.{n}"] = value.clone()
+        return out
+
+    def summary(self) -> dict:
+        def tail(values: list[float]) -> float | None:
+            finite = [v for v in values[-max(1, len(values) // 10):] if math.isfinite(v)]
+            return sum(finite) / len(finite) if finite else None
+
+        return {
+            "sampler": SAMPLER,
+            "t_star": self.times["t_star"],
+            "sampling_steps": 1,
+            "t_min": self.times["t_min"],
+            "t_max": self.times["t_max"],
+            "guidance": self.kappa,
+            "prediction_type": self.kind,
+            "resolution": self.resolution,
+            "global_batch_size": self.c.batch_size * self.world,
+            "forget_prompts": len(self.sets.forget),
+            "remain_prompts": len(self.sets.remain),
+            "override_examples": dict(list(zip(self.sets.forget, self.sets.override))[:8]),
+            "generator_parameters": int(sum(p.numel() for p in self.generator.parameters())),
+            "fake_loss_first": self.losses["fake"][0] if self.losses["fake"] else None,
+            "fake_loss_mean_last_10pct": tail(self.losses["fake"]),
+            "generator_loss_first": self.losses["generator"][0] if self.losses["generator"] else None,
+            "generator_loss_mean_last_10pct": tail(self.losses["generator"]),
+        }
+
+    def close(self) -> None:
+        for unet in self.checkpointing:
+            unet.disable_gradient_checkpointing()
+        self.accelerator.free_memory()
+        del self.generator, self.fake, self.opt_g, self.opt_f
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
