@@ -1,0 +1,744 @@
+"""DoCo: concept-domain correction with concept-preserving gradient surgery (Wu et al., AAAI 2025).
+
+The erased concept's output domain is aligned with an anchor concept's by adversarial training,
+and the unlearning gradient is stripped of the part that conflicts with a prior-preservation
+gradient. Each training step (METHODS.md section 2; reference: yongliang-wu/DoCo ``train.py``,
+``gradient_clip.py``, ``gan.py``):
+
+1. Anchor images ``x_0`` (made once, up front, by the original model from anchor prompts) are noised
+   to ``x_t`` at a uniform random timestep ``t``.
+2. ``y_A = x0(eps*(x_t, t, c_anchor))`` from the frozen model with the anchor prompt, and
+   ``y_S = x0(eps_theta(x_t, t, c_target))`` from the trained model with the paired target prompt
+   (the anchor prompt with the anchor swapped for the erased concept).
+3. Generator (the UNet's cross-attention K/V): ``L_adv = BCE(D(y_S), real)`` and, on a second batch
+   of noised anchor images, ``L_prior = || eps_theta(x'_t, t', c_anchor) - noise ||^2``.
+   During the warm-up the update is the gradient of ``L_adv + prior_weight * L_prior``; afterwards
+   gradient surgery (``gradient_surgery``) per trained tensor: ``g_a = grad L_adv``,
+   ``g_p = grad L_prior``; when ``cos(g_a, g_p) < 0``, ``g_a`` loses its conflicting part, and the
+   step uses the adjusted ``g_a`` only. AdamW (lr 6e-6, weight decay 1e-2), gradient-norm clip 1.
+4. Discriminator ``D`` (a PatchGAN on the UNet's input space: latents for SD, pixels for
+   canvas-mini): ``BCE(D(y_A), real) + BCE(D(y_S), fake)``, Adam betas (0.5, 0.999), lr 1e-4
+   (objects) / 5e-4 (styles). Labels as in the reference: real = 0, fake = 1.
+
+Surgery forms (``surgery``):
+
+- ``"projection"`` (default, the paper's wording, PCGrad): ``g_a - lambda (g_a . g_p / |g_p|^2) g_p``;
+  with lambda = 1 the result is orthogonal to ``g_p``.
+- ``"reference"`` (the reference code, ``gradient_clip.adjust_gradient``):
+  ``g_a - lambda * cos * g_p / |g_p|``, where ``cos`` is the cosine of the two gradients: a
+  different magnitude (it removes ``|cos|`` of a unit vector, not the projection), so the result
+  is orthogonal to ``g_p`` only when ``|g_a| = 1``; with ``g_a`` clipped to a global norm of at
+  most 1 (``max_grad_norm``), each tensor's ``|g_a| <= 1`` and this form removes at least as much
+  as the projection.
+- ``"off"``: no surgery; the plain ``L_adv + prior_weight * L_prior`` update throughout (the
+  reference without ``--gradient_clip``), for ablations.
+
+``surgery_lambda`` scales the removed part in both forms (1 = the paper; the reference's object
+and nudity scripts use 0.5).
+
+Implementation choices and deviations (same algorithm; every difference named):
+
+- Prompts. The reference asks a chat API for 200 anchor captions (objects) or retrieves LAION
+  captions (styles); no external service is used here. Prompt pairs (anchor, target) come from
+  shipped templates (``prompt_pairs``): canvas-mini uses its own caption templates (``templates``
+  selects which; the default, template 0 only, is UnlearnCanvas' form, so the paraphrase templates
+  stay unseen for the generalisation test); a style's anchor is the style-free caption "a {object}"
+  (or, with an explicit canvas-mini style as the request's anchor, that style's captions), an
+  object's is the object-free caption "{style} style" (or an explicit canvas-mini object's
+  captions). Stable Diffusion: style anchors "{anchor} of {subject}" paired with the reference's two
+  target forms "{caption}, in the style of {T}" and "in {T}'s style, {caption}"; other kinds fill
+  photo/painting templates with the anchor and with the target (the reference's
+  ``caption.replace(anchor, target)``). A request with explicit ``prompts`` uses them as the target
+  prompts, each paired with itself with the target text swapped for the anchor; an empty anchor
+  pairs each target prompt with the empty prompt.
+- Anchor images are sampled by the original model with DDIM (``anchor_steps`` steps, guidance
+  ``anchor_guidance``; the reference uses DPM-Solver 25 steps, guidance 6) directly in the UNet's
+  input space: the latents are kept instead of being decoded to JPEG files and re-encoded by the
+  VAE. Image ``i`` uses anchor prompt ``i mod n_pairs`` (the reference's ``PromptDataset``). They
+  are saved beside the checkpoints (``doco-anchors.safetensors``), so a resumed run trains on the
+  same data. No flip/crop augmentation (the reference's style script turns its resize augmentation
+  off; its horizontal flip is omitted: a mirrored canvas-mini arrow or moon is another image).
+- Every step's samples (anchor image, noise seed, timestep for both batches) are drawn up front
+  from ``seed``, so a resumed run equals an uninterrupted one; the discriminator and its optimiser
+  state are checkpointed with the UNet's.
+- Warm-up (``warmup``): ``"plain"`` (default; METHODS.md and the issue: the generator trains on
+  ``L_adv + prior_weight * L_prior`` without surgery for ``warmup_steps``) or ``"discriminator"``
+  (what the reference code does: during ``--warm_up`` steps only the discriminator trains). The
+  reference's scripts also pass ``--prior_loss_weight 0``, so their plain steps have no prior term
+  (``prior_weight: 0``); surgery uses the unweighted prior gradient either way (only its direction
+  matters).
+- The discriminator's gradient comes from its own loss only. (The reference's generator backward
+  also leaves the gradient of ``L_adv`` with respect to ``D`` in ``D``'s ``.grad``, which its next
+  ``optimizer_D.step()`` then applies; METHODS.md describes ``D`` learning y_A -> real, y_S -> fake,
+  which is what is done here.)
+- Gradient clipping as the reference: each of ``g_p`` and ``g_a`` is clipped to a global norm of
+  ``max_grad_norm`` over the trained tensors before surgery (in plain steps, the combined gradient).
+  Surgery uses exact norms, with no ``1e-8`` in the denominators; a tensor whose ``g_a`` or ``g_p`` is
+  zero is left as it is.
+- ``x0`` estimates are not clipped (the reference's SD scheduler has ``clip_sample`` off; clipping
+  would cut the gradient through saturated pixels). Noise-prediction losses are in noise space for
+  every prediction type (``eps_from_output``), so v-prediction models (canvas-mini) work unchanged.
+- Memory: one UNet. The frozen model's K/V values are kept apart (``FrozenCopy``) and swapped in for
+  the ``y_A`` forward; the trained tensors are fp32 master weights. Mixed precision: "no" or "bf16"
+  (autocast); fp16 is refused, because surgery needs unscaled gradients and fp16 training needs a
+  loss scaler.
+- The UNet stays in eval mode (Stable Diffusion has no dropout); the discriminator trains in
+  train mode (BatchNorm on batch statistics, as the reference). It is not part of the edit, which
+  holds only the changed K/V tensors; the per-step losses, the discriminator's and the share of
+  conflicting tensors are summarised in the edit's ``extra["history"]``.
+- Diagnostics: ``probe_samples`` / ``x0_estimates`` give the x0 estimates the discriminator sees, for
+  fixed noised samples, before and after a run (tests and benches).
+- Several processes (``accelerate launch``): data-parallel like ESD (the plan holds
+  ``steps * batch_size * W`` samples, process r takes the r-th block of each step's global batch);
+  ``g_a``, ``g_p`` and the discriminator's gradients are each averaged over the processes before
+  clipping and surgery (as DDP averages before the reference's surgery). The discriminator's
+  BatchNorm uses per-process batch statistics (as under the reference's DDP), so W processes are
+  not bit-equal to one process with a W times larger batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from erasure.atomic import atomic_path
+from erasure.diffusion import (
+    Conditions,
+    TextConditioner,
+    add_noise,
+    alphas_cumprod,
+    ddim_for,
+    eps_from_output,
+    initial_noise,
+    latent_shape,
+    native_resolution,
+    prediction_type,
+    sample_partial_trajectories,
+    unet_output,
+    x0_from_output,
+)
+from erasure.edit import Edit
+from erasure.errors import ErasureInputError
+from erasure.prompts import with_article
+from erasure.request import ErasureRequest, model_family
+from erasure.training import (
+    MIXED_PRECISION,
+    PARAMETER_PRESETS,
+    CostMeter,
+    FrozenCopy,
+    TrainLoop,
+    process_state,
+    resolve_mixed_precision,
+    select_parameters,
+)
+
+from .base import ErasureMethod, MethodConfig
+from .registry import register
+
+logger = logging.getLogger(__name__)
+
+SURGERY_MODES = ("projection", "reference", "off")
+WARMUP_MODES = ("plain", "discriminator")
+ANCHORS_FILE = "doco-anchors.safetensors"
+#: Per-step records kept in the checkpoint and summarised in the edit: generator adversarial and
+#: prior losses (NaN in discriminator-only warm-up steps), discriminator loss, and the share of
+#: trained tensors whose g_a conflicted with g_p (NaN in steps without surgery).
+HISTORY = ("adv", "prior", "disc", "conflicts")
+
+#: Stable Diffusion prompt material (DoCo's reference asks a chat API or LAION for captions).
+SD_SUBJECTS: tuple[str, ...] = (
+    "a house", "a tree", "a river", "a woman", "a man", "a dog", "a cat", "a city street", "a mountain landscape",
+    "a bowl of fruit", "a boat on the sea", "a garden", "a bridge", "flowers in a vase", "a horse", "a church",
+    "a forest path", "a village", "a child", "an old man",
+)
+SD_TEMPLATES: tuple[str, ...] = ("a photo of {}", "a picture of {}", "a painting of {}", "a close-up photo of {}", "{}")
+SD_PLACES: tuple[str, ...] = (
+    "", " in a park", " on a beach", " in a city street", " in a forest", " at night", " in the snow", " indoors",
+    " on a table", " in a field",
+)
+
+
+@dataclass
+class DoCoConfig(MethodConfig):
+    """DoCo hyperparameters. Defaults: the paper's (METHODS.md section 2) for Stable Diffusion 1.x."""
+
+    parameters: str | list[str] = "attn2-kv"
+    steps: int = 2000
+    batch_size: int = 8
+    lr: float = 6e-6
+    weight_decay: float = 1e-2
+    max_grad_norm: float = 1.0
+    surgery: str = "projection"
+    surgery_lambda: float = 1.0
+    warmup_steps: int = 1000
+    warmup: str = "plain"
+    prior_weight: float = 0.1
+    disc_lr: float | None = None
+    disc_betas: list[float] = (0.5, 0.999)  # type: ignore[assignment]  # a list after validation
+    disc_widths: list[int] = (64, 128, 256, 512)  # type: ignore[assignment]
+    anchor_images: int = 1000
+    anchor_steps: int = 25
+    anchor_guidance: float = 6.0
+    anchor_batch: int = 16
+    templates: list[int] = (0,)  # type: ignore[assignment]
+    resolution: int | None = None
+    seed: int = 0
+    checkpoint_every: int = 100
+    mixed_precision: str = "auto"
+    gradient_checkpointing: bool = False
+
+    def validate(self) -> None:
+        self.disc_betas, self.disc_widths, self.templates = list(self.disc_betas), list(self.disc_widths), list(self.templates)
+        if isinstance(self.parameters, str) and self.parameters not in PARAMETER_PRESETS:
+            raise _bad(f"parameters: {self.parameters!r}; expected one of {', '.join(PARAMETER_PRESETS)} or a list of patterns")
+        if not isinstance(self.parameters, str):
+            self.parameters = list(self.parameters)
+            if not self.parameters:
+                raise _bad("parameters: empty list; expected a preset name or regular expressions")
+        for name, options in (("surgery", SURGERY_MODES), ("warmup", WARMUP_MODES), ("mixed_precision", MIXED_PRECISION)):
+            if getattr(self, name) not in options:
+                raise _bad(f"{name}: {getattr(self, name)!r}; expected one of {', '.join(options)}")
+        for name in ("steps", "batch_size", "anchor_images", "anchor_steps", "anchor_batch"):
+            if getattr(self, name) < 1:
+                raise _bad(f"{name}: must be at least 1, got {getattr(self, name)}")
+        for name in ("warmup_steps", "checkpoint_every", "weight_decay", "max_grad_norm", "prior_weight", "surgery_lambda"):
+            if getattr(self, name) < 0:
+                raise _bad(f"{name}: must be >= 0, got {getattr(self, name)}")
+        for name in ("lr", "disc_lr"):
+            if getattr(self, name) is not None and not getattr(self, name) > 0:
+                raise _bad(f"{name}: must be positive, got {getattr(self, name)}")
+        if len(self.disc_betas) != 2 or not all(0 <= b < 1 for b in self.disc_betas):
+            raise _bad(f"disc_betas: expected two numbers in [0, 1), got {self.disc_betas}")
+        if not self.disc_widths or any(w < 1 for w in self.disc_widths):
+            raise _bad(f"disc_widths: expected a non-empty list of positive channel counts, got {self.disc_widths}")
+        if not self.templates or any(k < 0 for k in self.templates) or len(set(self.templates)) != len(self.templates):
+            raise _bad(f"templates: expected distinct caption-template indices >= 0, got {self.templates}")
+        if self.resolution is not None and self.resolution < 8:
+            raise _bad(f"resolution: {self.resolution} is too small")
+
+
+def _bad(message: str) -> ErasureInputError:
+    return ErasureInputError(f"doco config {message}")
+
+
+# ----------------------------------------------------------------------------- gradient surgery
+def gradient_surgery(g_adv: torch.Tensor, g_prior: torch.Tensor, mode: str = "projection",
+                     lam: float = 1.0) -> tuple[torch.Tensor, float]:
+    """The adversarial gradient of one tensor after concept-preserving surgery, and the cosine.
+
+    When ``cos(g_adv, g_prior) < 0``: ``"projection"`` returns
+    ``g_adv - lam * (g_adv . g_prior / |g_prior|^2) g_prior`` (PCGrad, the paper); ``"reference"``
+    returns ``g_adv - lam * cos * g_prior / |g_prior|`` (the reference code). Otherwise, or with
+    ``"off"``, or when either gradient is zero (cosine undefined, returned as NaN), ``g_adv`` itself.
+    """
+    if mode not in SURGERY_MODES:
+        raise ValueError(f"unknown surgery mode {mode!r}")
+    a, p = g_adv.float(), g_prior.float()
+    norm_a, norm_p = a.norm(), p.norm()
+    if norm_a == 0 or norm_p == 0:
+        return g_adv, math.nan
+    dot = (a * p).sum()
+    cos = float(dot / (norm_a * norm_p))
+    if mode == "off" or cos >= 0:
+        return g_adv, cos
+    if mode == "projection":
+        adjusted = a - lam * (dot / norm_p**2) * p
+    else:
+        adjusted = a - lam * cos * (p / norm_p)
+    return adjusted.to(g_adv.dtype), cos
+
+
+def clip_global_norm(grads: Sequence[torch.Tensor], max_norm: float) -> list[torch.Tensor]:
+    """``grads`` scaled to a global L2 norm of at most ``max_norm`` (0: unchanged), as
+    ``torch.nn.utils.clip_grad_norm_`` does to ``.grad`` (same ``1e-6`` guard)."""
+    grads = list(grads)
+    if not max_norm:
+        return grads
+    total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+    coef = max_norm / (float(total) + 1e-6)
+    return [g * coef for g in grads] if coef < 1 else grads
+
+
+# ----------------------------------------------------------------------------- discriminator
+class PatchDiscriminator(nn.Module):
+    """The reference's PatchGAN (``gan.py``): stride-2 4x4 convolutions of ``widths`` channels
+    (BatchNorm after all but the first, LeakyReLU 0.2), then a 4x4 convolution to one logit per patch."""
+
+    def __init__(self, in_channels: int, widths: Sequence[int] = (64, 128, 256, 512)) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels = in_channels
+        for i, width in enumerate(widths):
+            layers.append(nn.Conv2d(channels, width, 4, stride=2, padding=1))
+            if i > 0:
+                layers.append(nn.BatchNorm2d(width))
+            layers.append(nn.LeakyReLU(0.2))
+            channels = width
+        layers.append(nn.Conv2d(channels, 1, 4, padding=1))
+        self.model = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+def check_discriminator_fits(widths: Sequence[int], shape: tuple[int, int, int]) -> None:
+    """Each stride-2 block halves the side and the last 4x4 convolution needs a side of 2 or more."""
+    side = min(shape[1:])
+    need = 2 ** (len(widths) + 1)
+    if side < need:
+        raise _bad(f"disc_widths: {len(widths)} blocks need inputs of at least {need} px a side; "
+                   f"this model's are {side} (use fewer widths)")
+
+
+def build_discriminator(in_channels: int, widths: Sequence[int], seed: int) -> PatchDiscriminator:
+    """The discriminator with PyTorch's default initialisation drawn from ``seed`` (global RNG untouched)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return PatchDiscriminator(in_channels, widths)
+
+
+# ----------------------------------------------------------------------------- prompt pairs
+def prompt_pairs(request: ErasureRequest, pipe_or_family, templates: Sequence[int] = (0,)) -> list[tuple[str, str]]:
+    """(anchor prompt, target prompt) pairs for ``request`` (see the module docstring).
+
+    ``request`` is the request as given (unresolved), so explicit prompts and anchors can be told
+    from defaults.
+    """
+    family = pipe_or_family if isinstance(pipe_or_family, str) else model_family(pipe_or_family)
+    req = request.resolve(family)
+    if request.prompts is not None:
+        return [(_swap(p, req.targets, req.anchor), p) for p in req.prompts]
+    if family == "canvas-mini" and req.kind in ("style", "object") and request.anchor != "":
+        return _canvas_pairs(req, request.anchor, templates)
+    if not req.anchor:
+        return [("", p) for p in req.prompts]
+    return _sd_pairs(req)
+
+
+def _swap(prompt: str, targets: Sequence[str], anchor: str) -> str:
+    for t in targets:
+        if t.lower() in prompt.lower():
+            return re.sub(re.escape(t), anchor, prompt, flags=re.IGNORECASE).strip()
+    return anchor
+
+
+def _canvas_pairs(req: ErasureRequest, anchor: str | None, templates: Sequence[int]) -> list[tuple[str, str]]:
+    from erasure.pipelines.canvas.render import OBJECTS, STYLES, TEMPLATES, caption
+    from erasure.request import _canvas_name
+
+    bad = [k for k in templates if k >= len(TEMPLATES)]
+    if bad:
+        raise _bad(f"templates: {bad} out of range; canvas-mini has caption templates 0-{len(TEMPLATES) - 1}")
+    names, suffix = (STYLES, " style") if req.kind == "style" else (OBJECTS, "")
+    targets = [_canvas_name(t, names, req.kind, suffix) for t in req.targets]
+    other = None
+    if anchor is not None:
+        try:
+            other = _canvas_name(anchor, names, req.kind, suffix)
+        except ErasureInputError:
+            raise ErasureInputError(
+                f"anchor {anchor!r}: on canvas-mini a {req.kind} anchor is one of its {req.kind}s "
+                f"({', '.join(names)}), or leave it out for {'style-free' if req.kind == 'style' else 'object-free'} captions"
+            ) from None
+        if other in targets:
+            raise ErasureInputError(f"anchor {anchor!r} is a concept being erased; choose another anchor")
+    pairs = []
+    for target in targets:
+        for k in templates:
+            if req.kind == "style":
+                for o in OBJECTS:
+                    pairs.append((caption(o, other, k) if other else caption(o, target, "a {object}"), caption(o, target, k)))
+            else:
+                for s in STYLES:
+                    pairs.append((caption(other, s, k) if other else f"{s} style", caption(target, s, k)))
+    return pairs
+
+
+def _sd_pairs(req: ErasureRequest) -> list[tuple[str, str]]:
+    pairs = []
+    for target in req.targets:
+        if req.kind == "style":
+            for subject in SD_SUBJECTS:
+                anchor = f"{req.anchor} of {subject}"
+                pairs += [(anchor, f"{anchor}, in the style of {target}"), (anchor, f"in {target}'s style, {anchor}")]
+            continue
+        phrase = target
+        if req.kind == "object" and not re.match(r"(a|an|the)\s", target, flags=re.IGNORECASE):
+            phrase = with_article(target)
+        for template in SD_TEMPLATES:
+            for place in SD_PLACES:
+                pairs.append((template.format(req.anchor + place), template.format(phrase + place)))
+    return pairs
+
+
+# ----------------------------------------------------------------------------- the plan
+@dataclass
+class _Plan:
+    """Every training sample, drawn up front: a pure function of (seed, sample index)."""
+
+    adv_image: list[int]
+    adv_seed: list[int]
+    adv_t: list[int]
+    prior_image: list[int]
+    prior_seed: list[int]
+    prior_t: list[int]
+
+
+def make_plan(n_samples: int, n_images: int, num_train_timesteps: int, seed: int) -> _Plan:
+    plan = _Plan([], [], [], [], [], [])
+    for i in range(n_samples):
+        rng = random.Random(f"doco/{seed}/{i}")
+        for prefix in ("adv", "prior"):
+            getattr(plan, f"{prefix}_image").append(rng.randrange(n_images))
+            getattr(plan, f"{prefix}_seed").append(rng.randrange(2**31))
+            getattr(plan, f"{prefix}_t").append(rng.randrange(num_train_timesteps))
+    return plan
+
+
+# ----------------------------------------------------------------------------- the loop
+class _DoCoLoop(TrainLoop):
+    """``TrainLoop`` with a custom gradient step (``step_fn`` fills the trained tensors' ``.grad``)
+    and the discriminator, its optimiser and the per-step history in the checkpoint.
+
+    TrainLoop supplies the fp32 master weights, the AdamW optimiser, the accelerator (autocast),
+    gradient averaging over processes, the checkpoint file and ``finish``.
+    """
+
+    def __init__(self, *args, discriminator: nn.Module, disc_optimizer: torch.optim.Optimizer, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.disc, self.disc_optimizer = discriminator, disc_optimizer
+        self.history: dict[str, list[float]] = {k: [] for k in HISTORY}
+
+    def save_checkpoint(self, step: int) -> None:
+        if self.checkpoint_path is None or not self.accelerator.is_main_process:
+            return
+        state = {
+            "step": step,
+            "params": {n: p.detach().cpu() for n, p in self.params.items()},
+            "optimizer": self.optimizer.state_dict(),
+            "losses": list(self.losses),
+            "discriminator": {k: v.detach().cpu() for k, v in self.disc.state_dict().items()},
+            "disc_optimizer": self.disc_optimizer.state_dict(),
+            "history": {k: list(v) for k, v in self.history.items()},
+        }
+        with atomic_path(self.checkpoint_path) as tmp:
+            torch.save(state, tmp)
+
+    def resume(self) -> int:
+        step = super().resume()
+        if step:
+            state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
+            if "discriminator" not in state:
+                raise ErasureInputError(f"{self.checkpoint_path}: not a DoCo checkpoint (no discriminator state)")
+            self.disc.load_state_dict(state["discriminator"])
+            self.disc_optimizer.load_state_dict(state["disc_optimizer"])
+            self.history = {k: list(state["history"].get(k, [])) for k in HISTORY}
+        return step
+
+    def average(self, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Each tensor's mean over the processes (itself in one process)."""
+        if self.num_processes == 1:
+            return list(tensors)
+        import torch.distributed as dist
+
+        out = []
+        for t in tensors:
+            t = t.clone()
+            dist.all_reduce(t)
+            out.append(t / self.num_processes)
+        return out
+
+    def run(self, step_fn) -> list[float]:
+        """``step_fn(step) -> dict`` of the HISTORY values; it leaves the trained tensors' gradients
+        in ``.grad`` (or none, for a step without a generator update); the loop steps AdamW."""
+        model = self.model
+        ckpt = (self.gradient_checkpointing and getattr(model, "_supports_gradient_checkpointing", False)
+                and not model.is_gradient_checkpointing)
+        if ckpt:
+            model.enable_gradient_checkpointing()
+        try:
+            if self.progress:
+                self.progress(self.stage, self.start_step, self.steps, {})
+            for step in range(self.start_step, self.steps):
+                record = step_fn(step)
+                if any(p.grad is not None for p in self.params.values()):
+                    self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                for k in HISTORY:
+                    self.history[k].append(float(record.get(k, math.nan)))
+                self.losses.append(self.history["adv"][-1])
+                done = step + 1
+                if self.checkpoint_every and done % self.checkpoint_every == 0 and done < self.steps:
+                    self.save_checkpoint(done)
+                if self.progress:
+                    shown = {k: record[k] for k in ("adv", "disc") if not math.isnan(record.get(k, math.nan))}
+                    self.progress(self.stage, done, self.steps, shown)
+        finally:
+            if ckpt:
+                model.disable_gradient_checkpointing()
+            model.requires_grad_(False)
+        return self.losses
+
+
+# ----------------------------------------------------------------------------- the method
+@register("doco")
+class DoCo(ErasureMethod):
+    """DoCo (see the module docstring for the algorithm and every implementation choice)."""
+
+    config_class = DoCoConfig
+
+    def __call__(self, pipe, request, *, run_dir=None, resume: bool = False, progress=None) -> Edit:
+        c: DoCoConfig = self.config
+        pairs = prompt_pairs(request, pipe, c.templates)
+        req = request.resolve(pipe)
+        unet = pipe.unet
+        device = unet.device
+        meter = CostMeter(device)
+        resolution = c.resolution or native_resolution(pipe)
+        shape = latent_shape(pipe, resolution)
+        check_discriminator_fits(c.disc_widths, shape)
+        mixed = resolve_mixed_precision(c.mixed_precision, unet.dtype, device)
+        if mixed == "fp16":
+            raise ErasureInputError("doco: fp16 training is not supported (gradient surgery needs unscaled gradients); "
+                                    "load the pipeline in bf16 or fp32")
+        kind = prediction_type(pipe.scheduler)
+        ac = alphas_cumprod(pipe.scheduler, device)
+        state = process_state(cpu=device.type == "cpu")
+        rank, world = state.process_index, state.num_processes
+        checkpoint_dir = Path(run_dir) / "checkpoint" if run_dir is not None else None
+        params = select_parameters(unet, c.parameters)
+        frozen = FrozenCopy(params)  # the original K/V, swapped in for the frozen model's y_A
+
+        encode = TextConditioner(pipe, resolution)
+        with torch.no_grad():
+            cond_anchor = encode([a for a, _ in pairs])
+            cond_target = encode([t for _, t in pairs])
+            uncond = encode([""])
+
+        with meter.phase("anchor images"):
+            anchors = self._load_anchors(checkpoint_dir, shape) if resume else None
+            if anchors is None:
+                anchors = self._make_anchors(pipe, cond_anchor, uncond, len(pairs), shape, state, progress)
+                if state.is_main_process:
+                    self._save_anchors(checkpoint_dir, anchors)
+        images, image_pair = anchors["images"], anchors["pair"]
+        plan = make_plan(c.steps * c.batch_size * world, len(images), pipe.scheduler.config.num_train_timesteps, c.seed)
+
+        disc_lr = c.disc_lr if c.disc_lr is not None else (5e-4 if req.kind == "style" else 1e-4)
+        disc = build_discriminator(shape[0], c.disc_widths, c.seed).to(device).train()
+        disc_opt = torch.optim.Adam(disc.parameters(), lr=disc_lr, betas=tuple(c.disc_betas))
+        loop = _DoCoLoop(
+            unet, params, lr=c.lr, steps=c.steps, optimizer="adamw", weight_decay=c.weight_decay,
+            mixed_precision=mixed, gradient_checkpointing=c.gradient_checkpointing, checkpoint_dir=checkpoint_dir,
+            checkpoint_every=c.checkpoint_every, progress=progress, stage="training",
+            discriminator=disc, disc_optimizer=disc_opt,
+        )
+        if resume:
+            loop.resume()
+        plist = list(params.values())
+
+        def noised(image_idx: list[int], seeds: list[int], ts: list[int]):
+            x0 = images[image_idx].to(device, unet.dtype)
+            noise = initial_noise(seeds, shape, device, unet.dtype)
+            t = torch.tensor(ts, device=device)
+            return add_noise(ac, x0, noise, t), t, noise, torch.tensor([int(image_pair[i]) for i in image_idx])
+
+        def step_fn(step: int) -> dict:
+            start = (step * world + rank) * c.batch_size
+            idx = range(start, start + c.batch_size)
+            x_a, t_a, _, pair_a = noised([plan.adv_image[i] for i in idx], [plan.adv_seed[i] for i in idx],
+                                         [plan.adv_t[i] for i in idx])
+            with loop.accelerator.autocast(), torch.no_grad(), frozen.original():
+                y_anchor = x0_from_output(ac, unet_output(unet, x_a, t_a, cond_anchor.index(pair_a)), x_a, t_a, kind)
+            record: dict[str, float] = {}
+            if step < c.warmup_steps and c.warmup == "discriminator":
+                with loop.accelerator.autocast(), torch.no_grad():
+                    y_erased = x0_from_output(ac, unet_output(unet, x_a, t_a, cond_target.index(pair_a)), x_a, t_a, kind)
+            else:
+                x_p, t_p, noise_p, pair_p = noised([plan.prior_image[i] for i in idx], [plan.prior_seed[i] for i in idx],
+                                                   [plan.prior_t[i] for i in idx])
+                with loop.accelerator.autocast():
+                    both = Conditions.cat([cond_target.index(pair_a), cond_anchor.index(pair_p)])
+                    out_a, out_p = unet_output(unet, torch.cat([x_a, x_p]), torch.cat([t_a, t_p]), both).chunk(2)
+                    y_erased = x0_from_output(ac, out_a, x_a, t_a, kind)
+                    logits = disc(y_erased.float())
+                    l_adv = F.binary_cross_entropy_with_logits(logits.float(), torch.zeros_like(logits, dtype=torch.float32))
+                    eps_p = eps_from_output(ac, out_p, x_p, t_p, kind)
+                    l_prior = F.mse_loss(eps_p.float(), noise_p.float())
+                record["conflicts"] = self._generator_gradients(loop, plist, l_adv, l_prior, surgery=step >= c.warmup_steps)
+                record["adv"], record["prior"] = float(l_adv.detach()), float(l_prior.detach())
+            record["disc"] = self._discriminator_step(loop, disc, disc_opt, y_anchor, y_erased.detach())
+            if world > 1:
+                keys = sorted(k for k in record if not math.isnan(record[k]))
+                means = loop.average([torch.tensor([record[k] for k in keys], device=device)])[0]
+                record.update({k: float(v) for k, v in zip(keys, means)})
+            return record
+
+        with meter.phase("training"):
+            loop.run(step_fn)
+        changed = frozen.changed()
+        trained = loop.finish()
+        tensors = {f"unet.{n}": trained[n] for n in params if n in changed}
+        logger.info("doco: %d of %d trained tensors changed", len(tensors), len(params))
+        return Edit(
+            method=self.name,
+            config=c.to_dict(),
+            request=req.to_dict(),
+            tensors=tensors,
+            base={},
+            seed=c.seed,
+            cost={**meter.summary(), "device": str(device), "mixed_precision": mixed, "num_processes": world},
+            extra={
+                "trained_tensors": len(params),
+                "trained_parameters": int(sum(p.numel() for p in params.values())),
+                "resolution": resolution,
+                "prediction_type": kind,
+                "global_batch_size": c.batch_size * world,
+                "prompt_pairs": len(pairs),
+                "prompt_pair_examples": [list(p) for p in pairs[:4]],
+                "anchor_images": len(images),
+                "discriminator_lr": disc_lr,
+                "discriminator_parameters": int(sum(p.numel() for p in disc.parameters())),
+                "history": summarise(loop.history),
+            },
+        )
+
+    # -- one step's two updates
+    def _generator_gradients(self, loop: _DoCoLoop, plist: list, l_adv, l_prior, surgery: bool) -> float:
+        """Fill the trained tensors' ``.grad``: plain combined gradient, or g_a after surgery.
+        Returns the share of tensors whose g_a conflicted with g_p (NaN without surgery)."""
+        c: DoCoConfig = self.config
+        if not surgery or c.surgery == "off":
+            grads = _grads(l_adv + c.prior_weight * l_prior, plist)
+            grads = clip_global_norm(loop.average(grads), c.max_grad_norm)
+            conflicts = math.nan
+        else:
+            g_prior = clip_global_norm(loop.average(_grads(l_prior, plist, retain_graph=True)), c.max_grad_norm)
+            g_adv = clip_global_norm(loop.average(_grads(l_adv, plist)), c.max_grad_norm)
+            adjusted = [gradient_surgery(a, p, c.surgery, c.surgery_lambda) for a, p in zip(g_adv, g_prior)]
+            grads = [g for g, _ in adjusted]
+            conflicts = sum(cos < 0 for _, cos in adjusted) / len(adjusted)
+        for p, g in zip(plist, grads):
+            p.grad = g.to(p.dtype)
+        return conflicts
+
+    @staticmethod
+    def _discriminator_step(loop: _DoCoLoop, disc: nn.Module, disc_opt, y_anchor, y_erased) -> float:
+        """One Adam step of D on y_A -> real (0), y_S -> fake (1); returns its loss."""
+        disc_opt.zero_grad(set_to_none=True)
+        with loop.accelerator.autocast():
+            real, fake = disc(y_anchor.float()).float(), disc(y_erased.float()).float()
+            loss = (F.binary_cross_entropy_with_logits(real, torch.zeros_like(real))
+                    + F.binary_cross_entropy_with_logits(fake, torch.ones_like(fake)))
+        dparams = [p for p in disc.parameters()]
+        for p, g in zip(dparams, loop.average(torch.autograd.grad(loss, dparams))):
+            p.grad = g
+        disc_opt.step()
+        return float(loss.detach())
+
+    # -- anchor images
+    def _make_anchors(self, pipe, cond_anchor: Conditions, uncond: Conditions, n_pairs: int, shape, state,
+                      progress) -> dict:
+        """The original model's samples for the anchor prompts; this process makes its share, then all are gathered."""
+        c: DoCoConfig = self.config
+        n, world, rank = c.anchor_images, state.num_processes, state.process_index
+        pair = torch.tensor([i % n_pairs for i in range(n)])
+        seeds = [random.Random(f"doco-anchor/{c.seed}/{i}").randrange(2**31) for i in range(n)]
+        per = -(-n // world)
+        mine = list(range(rank * per, min(n, (rank + 1) * per)))
+        ddim = ddim_for(pipe.scheduler, c.anchor_steps)
+        out = torch.zeros((per, *shape), dtype=torch.float32)
+        if progress:
+            progress("anchor images", 0, len(mine), {})
+        with torch.no_grad():
+            for start in range(0, len(mine), c.anchor_batch):
+                idx = mine[start:start + c.anchor_batch]
+                x = sample_partial_trajectories(pipe.unet, ddim, cond_anchor.index(pair[idx]), uncond,
+                                                [c.anchor_steps] * len(idx), [seeds[i] for i in idx], shape,
+                                                c.anchor_guidance)
+                out[start:start + len(idx)] = x.float().cpu()
+                if progress:
+                    progress("anchor images", start + len(idx), len(mine), {})
+        if world > 1:
+            from accelerate.utils import gather
+
+            out = gather(out.to(state.device)).cpu()
+        return {"images": out[:n].contiguous(), "pair": pair}
+
+    @staticmethod
+    def _save_anchors(checkpoint_dir: Path | None, anchors: dict) -> None:
+        if checkpoint_dir is None:
+            return
+        from safetensors.torch import save_file
+
+        checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_path(checkpoint_dir / ANCHORS_FILE) as tmp:
+            save_file({k: v.contiguous() for k, v in anchors.items()}, str(tmp))
+
+    def _load_anchors(self, checkpoint_dir: Path | None, shape) -> dict | None:
+        if checkpoint_dir is None or not (checkpoint_dir / ANCHORS_FILE).is_file():
+            return None
+        from safetensors.torch import load_file
+
+        data = load_file(str(checkpoint_dir / ANCHORS_FILE))
+        if set(data) != {"images", "pair"} or tuple(data["images"].shape) != (self.config.anchor_images, *shape):
+            return None
+        return data
+
+    # -- diagnostics (tests, benches)
+    def probe_samples(self, pipe, prompts: Sequence[str], n: int = 16, seed: int = 1,
+                      t_range: tuple[int, int] = (400, 1000)) -> dict:
+        """``n`` fixed noised samples of ``pipe``'s own images of ``prompts`` (DDIM 10 steps, guidance
+        ``anchor_guidance``), at timesteps drawn from ``t_range``: inputs for ``x0_estimates``."""
+        c: DoCoConfig = self.config
+        resolution = c.resolution or native_resolution(pipe)
+        shape = latent_shape(pipe, resolution)
+        device = pipe.unet.device
+        rng = random.Random(f"doco-probe/{seed}")
+        which = [rng.randrange(len(prompts)) for _ in range(n)]
+        seeds = [rng.randrange(2**31) for _ in range(2 * n)]
+        t = torch.tensor([rng.randrange(*t_range) for _ in range(n)], device=device)
+        encode = TextConditioner(pipe, resolution)
+        with torch.no_grad():
+            cond = encode([prompts[i] for i in which])
+            x0 = sample_partial_trajectories(pipe.unet, ddim_for(pipe.scheduler, 10), cond, encode([""]), [10] * n,
+                                             seeds[:n], shape, c.anchor_guidance)
+        x_t = add_noise(alphas_cumprod(pipe.scheduler, device), x0, initial_noise(seeds[n:], shape, device, x0.dtype), t)
+        return {"x_t": x_t, "t": t, "which": which}
+
+    def x0_estimates(self, pipe, samples: dict, prompts: Sequence[str]) -> torch.Tensor:
+        """``pipe``'s x0 estimate for each of ``samples`` (``probe_samples``) conditioned on
+        ``prompts[which]``: what the discriminator sees."""
+        resolution = self.config.resolution or native_resolution(pipe)
+        unet = pipe.unet
+        ac, kind = alphas_cumprod(pipe.scheduler, unet.device), prediction_type(pipe.scheduler)
+        with torch.no_grad():
+            cond = TextConditioner(pipe, resolution)([prompts[i] for i in samples["which"]])
+            out = unet_output(unet, samples["x_t"], samples["t"], cond)
+            return x0_from_output(ac, out, samples["x_t"], samples["t"], kind).float()
+
+
+def _grads(loss: torch.Tensor, plist: list, retain_graph: bool = False) -> list[torch.Tensor]:
+    """d loss / d each tensor of ``plist`` (zeros for a tensor the loss does not reach)."""
+    grads = torch.autograd.grad(loss, plist, retain_graph=retain_graph, allow_unused=True)
+    return [torch.zeros_like(p) if g is None else g for p, g in zip(plist, grads)]
+
+
+def summarise(history: dict[str, list[float]]) -> dict:
+    """First value, last value and mean of the last 10% of each recorded series (NaNs skipped)."""
+    out = {}
+    for key, values in history.items():
+        finite = [v for v in values if not math.isnan(v)]
+        tail = finite[-max(1, len(finite) // 10):] if finite else []
+        out[key] = {"first": finite[0] if finite else None, "last": finite[-1] if finite else None,
+                    "mean_last_10pct": sum(tail) / len(tail) if tail else None, "steps": len(finite)}
+    return out
