@@ -148,6 +148,7 @@ def erase(
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Any config value, KEY=VALUE (YAML value); repeatable.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the unfinished run in --out from its last checkpoint.")] = False,
     export_full: Annotated[bool, typer.Option("--export-full", help="Also save the whole erased pipeline under OUT/full.")] = False,
+    export_text_encoder: Annotated[Optional[Path], typer.Option("--export-text-encoder", help="Also write the erased text encoder (text-encoder methods: advunlearn) as a transformers CLIPTextModel folder here, to plug into other pipelines.")] = None,
     model_config: Annotated[Optional[Path], typer.Option("--model-config", help="For a single-file checkpoint: local diffusers folder with the component configs.")] = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
@@ -163,6 +164,13 @@ def erase(
     overrides.update({k: v for k, v in (("steps", steps), ("lr", lr), ("seed", seed)) if v is not None})
     cfg = method_config(method, config, **overrides)
     check_output(out, resume)
+    if export_text_encoder is not None:
+        from erasure.methods.advunlearn import TEXT_ENCODER_METHODS, check_export_folder
+
+        if method not in TEXT_ENCODER_METHODS:
+            raise ErasureInputError(f"--export-text-encoder: {method} does not train the text encoder alone "
+                                    f"(methods that do: {', '.join(TEXT_ENCODER_METHODS)})")
+        check_export_folder(export_text_encoder)
     if model == "canvas-mini":
         request.resolve("canvas-mini")  # unknown canvas styles/objects fail here, before loading
     _quiet_libraries()
@@ -184,6 +192,10 @@ def erase(
         f"{size['bytes'] / 1e6:.1f} MB) in {cost.get('wall_seconds', 0):.1f} s, peak memory "
         f"{cost.get('peak_memory_bytes', 0) / 2**30:.2f} GiB"
     )
+    if export_text_encoder is not None:
+        from erasure.methods.advunlearn import export_text_encoder as export
+
+        typer.echo(f"wrote {export(out, export_text_encoder)}: the erased text encoder (CLIPTextModel.from_pretrained)")
 
 
 SeedsOpt = Annotated[str, typer.Option("--seeds", help="Seeds per prompt, e.g. 0-1 or 0,3,5.")]

@@ -1,0 +1,620 @@
+"""AdvUnlearn: adversarial text-encoder unlearning (Zhang et al., NeurIPS 2024). METHODS.md section 1.
+
+A bi-level loop on the text encoder (the UNet, the token and position embeddings stay frozen):
+
+- Inner (every ``attack_every`` iterations after ``warmup``): the soft-prompt attack of
+  ``erasure.attacks`` (one code path, also used after training to measure attack success) finds
+  ``attack_tokens`` word embeddings ``delta`` that, placed in the concept prompt ``c_e``
+  (``attack_placement``), make the CURRENT model predict what the original predicted for ``c_e``:
+  ``min_delta || eps(x_t, t, TE([delta, c_e])) - eps*(x_t, t, TE*(c_e)) ||^2``, ``attack_steps``
+  Adam steps of ``attack_lr`` (``attack_algorithm: fast_at``: sign gradients), each on a fresh x_t.
+  ``attack_init: latest`` starts from the previous round's delta, ``random`` from random tokens.
+- Outer (every iteration): ``L_u + gamma * L_r`` with ``L_u`` the ESD loss on the adversarial
+  prompt, ``|| eps(x_t, t, TE([delta, c_e])) - (eps*(x_t,t,"") - eta (eps*(x_t,t,c_e) - eps*(x_t,t,""))) ||^2``
+  (the plain prompt during warm-up), and ``L_r = || eps(z_r, t, TE(c_r)) - eps*(z_r, t, TE*(c_r)) ||^2``
+  on ``retain_batch`` retain prompts ``c_r`` (x_t from the original's trajectories of ``c_r``).
+  Adam on the text encoder's transformer layers and final layer norm (by default).
+
+x_t always comes from the frozen model: DDIM (``ddim_steps``, guidance ``guidance``) from a seeded
+noise down to a random depth, exactly as ESD draws it (``erasure.attacks.draw_trajectory_point``).
+
+Implementation choices and deviations (reference: OPTML-Group/AdvUnlearn ``train-scripts/AdvUnlearn.py``):
+
+- Defaults are the reference's: 1000 iterations, lr 1e-5, warm-up 200, one prefixed adversarial
+  token, ``attack_init: latest`` (its argparse default; its README's example uses ``random``),
+  30 attack steps of lr 1e-3, attack every iteration (``adv_prompt_update_step`` 1), eta 1,
+  start guidance 3, retain batch 5, gamma 0.3 (its README's ``--retain_loss_w 0.3``; argparse says 1.0).
+- Retain loss in the reference's ``reg`` mode (the sum above, METHODS.md); its ``iter`` mode (a
+  separate retain step after each update) is not implemented.
+- Retain prompts: the request's (canvas-mini: the other styles' or objects' captions; Stable
+  Diffusion: "a photo of a {COCO class}", 80 classes, where the reference reads 243 COCO-object
+  prompts from a CSV). Each iteration draws ``retain_batch`` distinct prompts (the reference walks
+  its list without replacement across iterations, then restarts). The retain samples share the
+  concept sample's depth and timestep, as in the reference.
+- Adversarial token positions are counted in BPE tokens; the reference counts words
+  (``len(prompt.split())``), which misplaces suffix/replace tokens when a word is several tokens.
+- No epsilon-ball projection by default, as in the reference; ``attack_epsilon`` projects each
+  token onto the L2 ball of that radius around where its attack round started.
+- Timestep of a sample (``timesteps``): "matched" (default; the DDIM timestep the trajectory
+  stopped at, as ESD here) or "reference" (uniform in the depth's bin, the CompVis scripts').
+- Precomputation (``precompute``, default on): the frozen model's samples (x_t, its conditional
+  and unconditional noise estimates) for every iteration, attack step and retain prompt are drawn
+  from ``seed`` up front and computed in batches of similar depth; per-sample seeds make them equal
+  to computing them one by one (``precompute: false``, the reference's schedule, for models where
+  ``steps * (1 + attack_steps + retain_batch)`` samples do not fit in memory). They are saved
+  beside the checkpoint so a resumed run trains on the same data. ``sample_pool: N`` (a CPU
+  economy, off by default) draws every concept sample, per concept prompt, and every retain
+  sample from pools of N precomputed samples instead of fresh ones (retain samples then have
+  their own depth and timestep).
+- Resume: checkpoints hold the attack state too (the latest delta and the prompt it belongs to),
+  so a resumed run equals an uninterrupted one. The attack's Adam state restarts every round, as in
+  the reference.
+- Trained tensors: all of the text encoder's transformer layers (``layers: k``: the first k) and
+  the final layer norm, or only their attention (``component: attn``: ``self_attn``) or feed-forward
+  (``ffn``: ``mlp``) parts; the final layer norm by default only with every layer and component
+  (the reference's rule; ``final_layer_norm`` sets it explicitly); ``parameters`` (regular
+  expressions) chooses any other set. Float32 master weights; ``mixed_precision`` autocasts on
+  CUDA; ``gradient_checkpointing`` applies to the text encoder and the UNet.
+- The text encoder stays in eval mode (CLIP has no dropout, so this equals the reference's train mode).
+- Loss in noise space for every prediction type (v- and x0-prediction outputs converted first).
+- Pipelines with one CLIP text encoder (SD 1.x/2.x, canvas-mini); SDXL is refused.
+- Several processes (``accelerate launch``): data-parallel like ESD. The plan holds each
+  iteration's global batches (``batch_size``, ``retain_batch`` and ``attack_batch`` times the
+  number of processes); process r takes block r of each, the text encoder's gradients are
+  averaged by ``TrainLoop`` and the attack's by the attack, so every process holds the same weights
+  and the same delta; one process is exactly the single-process run.
+
+Output: an ``Edit`` holding only text-encoder tensors, with the original text encoder's
+fingerprint and architecture in ``extra["components"]`` so ``load_erased(..., allow_other_base=True)``
+can put it into another pipeline with the same text encoder; ``export_text_encoder`` writes the
+erased text encoder as a transformers ``CLIPTextModel`` folder (the paper's plug-and-play unlearner).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from erasure.attacks import (
+    SoftPrompt,
+    SoftPromptAttack,
+    SoftPromptAttackConfig,
+    TIMESTEP_MODES,
+    check_attack_settings,
+    check_single_text_encoder,
+    draw_trajectory_point,
+    encode_soft_prompt,
+    frozen_predictions,
+)
+from erasure.atomic import atomic_path
+from erasure.diffusion import (
+    Conditions,
+    TextConditioner,
+    alphas_cumprod,
+    cfg,
+    ddim_for,
+    eps_from_output,
+    latent_shape,
+    native_resolution,
+    prediction_type,
+    unet_output,
+)
+from erasure.edit import Edit
+from erasure.errors import ErasureInputError
+from erasure.training import (
+    MIXED_PRECISION,
+    CostMeter,
+    FrozenCopy,
+    TrainLoop,
+    process_state,
+    resolve_mixed_precision,
+    select_parameters,
+)
+
+from .base import ErasureMethod, MethodConfig
+from .registry import register
+
+logger = logging.getLogger(__name__)
+
+COMPONENTS: dict[str, str] = {"all": "", "attn": r"self_attn\.", "ffn": r"mlp\."}
+DATA_FILE = "advunlearn-data-{rank}-of-{world}.safetensors"
+EXPORT_RECORD = "erasure-export.json"
+#: Methods whose edit is the text encoder alone (exportable as a CLIPTextModel folder).
+TEXT_ENCODER_METHODS = ("advunlearn",)
+#: AdvUnlearn's attack settings and the SoftPromptAttackConfig fields they fill.
+ATTACK_FIELDS = {"attack_tokens": "tokens", "attack_placement": "placement", "attack_init": "init",
+                 "attack_steps": "steps", "attack_lr": "lr", "attack_algorithm": "algorithm",
+                 "attack_epsilon": "epsilon", "attack_batch": "batch_size"}
+
+
+@dataclass
+class AdvUnlearnConfig(MethodConfig):
+    """AdvUnlearn hyperparameters. Defaults: the reference's (see the module docstring)."""
+
+    steps: int = 1000
+    lr: float = 1e-5
+    warmup: int = 200
+    gamma: float = 0.3
+    retain_batch: int = 5
+    eta: float = 1.0
+    guidance: float = 3.0
+    ddim_steps: int = 50
+    timesteps: str = "matched"
+    batch_size: int = 1
+    layers: int | None = None
+    component: str = "all"
+    final_layer_norm: bool | None = None
+    parameters: list[str] | None = None
+    attack_tokens: int = 1
+    attack_placement: str = "prefix"
+    attack_init: str = "latest"
+    attack_steps: int = 30
+    attack_lr: float = 1e-3
+    attack_algorithm: str = "pgd"
+    attack_epsilon: float | None = None
+    attack_batch: int = 1
+    attack_every: int = 1
+    sample_pool: int = 0
+    resolution: int | None = None
+    precompute: bool = True
+    precompute_batch: int = 16
+    seed: int = 0
+    checkpoint_every: int = 100
+    mixed_precision: str = "auto"
+    gradient_checkpointing: bool = False
+
+    def validate(self) -> None:
+        p = "advunlearn config "
+        if self.timesteps not in TIMESTEP_MODES:
+            raise ErasureInputError(f"{p}timesteps: {self.timesteps!r}; expected one of {', '.join(TIMESTEP_MODES)}")
+        if self.component not in COMPONENTS:
+            raise ErasureInputError(f"{p}component: {self.component!r}; expected one of {', '.join(COMPONENTS)}")
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise ErasureInputError(f"{p}mixed_precision: {self.mixed_precision!r}; expected one of {', '.join(MIXED_PRECISION)}")
+        for name in ("steps", "ddim_steps", "batch_size", "precompute_batch", "attack_every"):
+            if getattr(self, name) < 1:
+                raise ErasureInputError(f"{p}{name}: must be at least 1, got {getattr(self, name)}")
+        for name in ("warmup", "retain_batch", "sample_pool", "checkpoint_every"):
+            if getattr(self, name) < 0:
+                raise ErasureInputError(f"{p}{name}: must be >= 0, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ErasureInputError(f"{p}lr: must be positive, got {self.lr}")
+        if self.gamma < 0:
+            raise ErasureInputError(f"{p}gamma: must be >= 0, got {self.gamma}")
+        if self.layers is not None and self.layers < 1:
+            raise ErasureInputError(f"{p}layers: must be at least 1 (or null: every layer), got {self.layers}")
+        if self.resolution is not None and self.resolution < 8:
+            raise ErasureInputError(f"{p}resolution: {self.resolution} is too small")
+        check_attack_settings(p, **{field: getattr(self, key) for key, field in ATTACK_FIELDS.items()},
+                              names={field: key for key, field in ATTACK_FIELDS.items()})
+
+    def attack_config(self) -> SoftPromptAttackConfig:
+        return SoftPromptAttackConfig(**{field: getattr(self, key) for key, field in ATTACK_FIELDS.items()})
+
+
+def text_encoder_parameters(text_encoder, c: AdvUnlearnConfig) -> dict[str, torch.nn.Parameter]:
+    """The text-encoder tensors AdvUnlearn trains under ``c`` (layers, component, final norm, or ``parameters``)."""
+    if c.parameters:
+        return select_parameters(text_encoder, c.parameters)
+    n_layers = text_encoder.config.num_hidden_layers
+    if c.layers is not None and c.layers > n_layers:
+        raise ErasureInputError(f"advunlearn config layers: {c.layers}, but the text encoder has {n_layers} layers")
+    layers = "|".join(str(i) for i in range(c.layers)) if c.layers is not None else r"\d+"
+    patterns = [rf"(^|\.)encoder\.layers\.({layers})\.{COMPONENTS[c.component]}"]
+    norm = c.final_layer_norm if c.final_layer_norm is not None else (c.layers is None and c.component == "all")
+    if norm:
+        patterns.append(r"(^|\.)final_layer_norm\.")
+    return select_parameters(text_encoder, patterns)
+
+
+# ----------------------------------------------------------------------------- the plan
+@dataclass
+class _Sample:
+    """One sample of the frozen model: a prompt (concept prompts first, then retain prompts), a DDIM
+    depth, the seed of its starting noise and the timestep it is evaluated at."""
+
+    prompt: int
+    depth: int
+    noise_seed: int
+    timestep: int
+
+
+@dataclass
+class _Step:
+    """One iteration's global batches, as sample ids; ``attack``: one list per attack step, or None."""
+
+    prompt: int
+    concept: list[int]
+    retain: list[int]
+    attack: list[list[int]] | None
+
+
+class _Planner:
+    """Draws every iteration's samples from the seed: a pure function of (seed, iteration)."""
+
+    def __init__(self, c: AdvUnlearnConfig, n_concept: int, n_retain: int, ddim, num_train_timesteps: int, world: int):
+        self.c, self.n_concept, self.n_retain, self.world = c, n_concept, n_retain, world
+        self.ddim, self.T = ddim, num_train_timesteps
+        self.samples: list[_Sample] = []
+        self.pools: dict[str, list[int]] = {}
+
+    def _new(self, rng: random.Random, prompt: int, point: tuple[int, int] | None = None) -> int:
+        depth, noise_seed, timestep = draw_trajectory_point(rng, self.ddim, self.c.ddim_steps, self.T, self.c.timesteps)
+        if point is not None:
+            depth, timestep = point
+        self.samples.append(_Sample(prompt, depth, noise_seed, timestep))
+        return len(self.samples) - 1
+
+    def _pooled(self, rng: random.Random, key: str, make: Callable[[random.Random], int]) -> int:
+        if key not in self.pools:
+            prng = random.Random(f"advunlearn/{self.c.seed}/pool/{key}")
+            self.pools[key] = [make(prng) for _ in range(self.c.sample_pool)]
+        return self.pools[key][rng.randrange(self.c.sample_pool)]
+
+    def _concept(self, rng: random.Random, prompt: int) -> int:
+        if self.c.sample_pool:
+            return self._pooled(rng, f"concept-{prompt}", lambda r: self._new(r, prompt))
+        return self._new(rng, prompt)
+
+    def plan(self) -> list[_Step]:
+        c, w = self.c, self.world
+        steps: list[_Step] = []
+        prompt = 0
+        for s in range(c.steps):
+            rng = random.Random(f"advunlearn/{c.seed}/{s}")
+            attack = s >= c.warmup and (s - c.warmup) % c.attack_every == 0
+            if s < c.warmup or attack:  # between attack rounds the round's prompt is kept (reference)
+                prompt = rng.randrange(self.n_concept)
+            concept = [self._concept(rng, prompt) for _ in range(c.batch_size * w)]
+            k = c.retain_batch * w
+            chosen = rng.sample(range(self.n_retain), k) if k <= self.n_retain else [rng.randrange(self.n_retain) for _ in range(k)]
+            if c.sample_pool:
+                retain = [self._pooled(rng, "retain", lambda r: self._new(r, self.n_concept + r.randrange(self.n_retain)))
+                          for _ in range(k)]
+            else:
+                point = (self.samples[concept[0]].depth, self.samples[concept[0]].timestep)
+                retain = [self._new(rng, self.n_concept + p, point) for p in chosen]
+            rounds = None
+            if attack:
+                rounds = [[self._concept(rng, prompt) for _ in range(c.attack_batch * w)] for _ in range(c.attack_steps)]
+            steps.append(_Step(prompt, concept, retain, rounds))
+        return steps
+
+
+def _block(ids: list[int], per_process: int, rank: int) -> list[int]:
+    return ids[rank * per_process:(rank + 1) * per_process]
+
+
+# ----------------------------------------------------------------------------- the loop
+class _LoopWithState(TrainLoop):
+    """``TrainLoop`` whose checkpoints also hold the method's own state (the attack's latest delta).
+
+    Same checkpoint layout as ``TrainLoop.save_checkpoint`` plus a "method_state" entry."""
+
+    def __init__(self, *args, get_state: Callable[[], dict], set_state: Callable[[dict], None], **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._get_state, self._set_state = get_state, set_state
+
+    def save_checkpoint(self, step: int) -> None:
+        if self.checkpoint_path is None or not self.accelerator.is_main_process:
+            return
+        state = {
+            "step": step,
+            "params": {n: p.detach().cpu() for n, p in self.params.items()},
+            "optimizer": self.optimizer.state_dict(),
+            "losses": list(self.losses),
+            "method_state": self._get_state(),
+        }
+        with atomic_path(self.checkpoint_path) as tmp:
+            torch.save(state, tmp)
+
+    def resume(self) -> int:
+        step = super().resume()
+        if step:
+            saved = torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
+            if "method_state" not in saved:
+                raise ErasureInputError(f"{self.checkpoint_path}: checkpoint holds no attack state; start a new run")
+            self._set_state(saved["method_state"])
+        return step
+
+
+@register("advunlearn")
+class AdvUnlearn(ErasureMethod):
+    """AdvUnlearn (see the module docstring for the algorithm and every implementation choice)."""
+
+    config_class = AdvUnlearnConfig
+    #: the pipeline components its edits change (the CLI's --export-text-encoder checks it up front).
+    edited_components: ClassVar[tuple[str, ...]] = ("text_encoder",)
+
+    def __call__(self, pipe, request, *, run_dir=None, resume: bool = False, progress=None) -> Edit:
+        from erasure.pipelines.erased import component_record
+
+        c: AdvUnlearnConfig = self.config
+        check_single_text_encoder(pipe, "advunlearn")
+        req = request.resolve(pipe)
+        te, unet = pipe.text_encoder, pipe.unet
+        device = unet.device
+        meter = CostMeter(device)
+        resolution = c.resolution or native_resolution(pipe)
+        shape = latent_shape(pipe, resolution)
+        kind = prediction_type(pipe.scheduler)
+        ac = alphas_cumprod(pipe.scheduler, device)
+        ddim = ddim_for(pipe.scheduler, c.ddim_steps)
+        state = process_state(cpu=device.type == "cpu")
+        rank, world = state.process_index, state.num_processes
+        checkpoint_dir = Path(run_dir) / "checkpoint" if run_dir is not None else None
+        if c.retain_batch and not req.retain:
+            raise ErasureInputError("advunlearn: the request has no retain prompts; give some or set retain_batch 0")
+
+        prompts = list(req.prompts) + list(req.retain)
+        softs = [SoftPrompt.build(pipe.tokenizer, p, c.attack_tokens, c.attack_placement) for p in req.prompts]
+        planner = _Planner(c, len(req.prompts), len(req.retain), ddim, pipe.scheduler.config.num_train_timesteps, world)
+        plan = planner.plan()
+        samples = planner.samples
+
+        params = text_encoder_parameters(te, c)
+        record = component_record(te)  # the ORIGINAL text encoder, for plug-and-play checks
+        frozen = FrozenCopy(params, device="cpu")
+        mixed = resolve_mixed_precision(c.mixed_precision, te.dtype, device)
+        unet.requires_grad_(False)
+
+        encode = TextConditioner(pipe, resolution)
+        with torch.no_grad():
+            original = encode(prompts)  # TE*(c) for every concept and retain prompt
+            uncond = encode([""])
+
+        def compute(ids: list[int]):
+            return frozen_predictions(
+                unet, ddim, original.index([samples[i].prompt for i in ids]), uncond,
+                [samples[i].depth for i in ids], [samples[i].noise_seed for i in ids],
+                [samples[i].timestep for i in ids], shape, c.guidance, ac, kind)
+
+        mine = sorted({i for st in plan for ids in self._my_ids(st, rank, c) for i in ids})
+        data = None
+        if c.precompute:
+            with meter.phase("precompute"):
+                data = self._load_data(checkpoint_dir, mine, rank, world) if resume else None
+                if data is None:
+                    data = self._precompute(compute, mine, samples, progress)
+                    self._save_data(checkpoint_dir, data, rank, world)
+            row = {i: r for r, i in enumerate(data["ids"].tolist())}
+
+        def rows(ids: list[int]):
+            if data is not None:
+                r = [row[i] for i in ids]
+                return tuple(data[k][r].to(device) for k in ("x_t", "t", "eps_cond", "eps_uncond"))
+            with torch.no_grad():
+                return compute(ids)
+
+        attack = SoftPromptAttack(c.attack_config())
+        log = {"delta": None, "delta_prompt": None, "attack": [], "unlearn": [], "retain": []}
+
+        def attack_round(step: int, st: _Step) -> None:
+            blocks = [_block(ids, c.attack_batch, rank) for ids in st.attack]
+
+            def batch(i: int):
+                x_t, t, eps_c, _ = rows(blocks[i])
+                return x_t, t, eps_c
+
+            result = attack.run(pipe, softs[st.prompt], batch, init=log["delta"], seed=f"advunlearn/{c.seed}/{step}",
+                                average_gradients=world > 1)
+            log["delta"], log["delta_prompt"] = result.delta, st.prompt
+            log["attack"].append([result.losses[0], result.losses[-1]])
+
+        def loss_fn(step: int) -> torch.Tensor:
+            st = plan[step]
+            if st.attack is not None:
+                attack_round(step, st)
+            concept, retain = _block(st.concept, c.batch_size, rank), _block(st.retain, c.retain_batch, rank)
+            x_t, t, eps_c, eps_u = rows(concept + retain)
+            if step < c.warmup:  # warm-up: the plain concept prompt
+                hidden = encode([prompts[st.prompt]]).hidden
+            else:
+                hidden = encode_soft_prompt(te, softs[log["delta_prompt"]], log["delta"])
+            hidden = hidden.expand(len(concept), -1, -1)
+            if retain:
+                hidden = torch.cat([hidden, encode([prompts[samples[i].prompt] for i in retain]).hidden.to(hidden.dtype)])
+            eps = eps_from_output(ac, unet_output(unet, x_t, t, Conditions(hidden)), x_t, t, kind).float()
+            b = len(concept)
+            unlearn = F.mse_loss(eps[:b], cfg(eps_u[:b], eps_c[:b], -c.eta))  # ESD target, eta = negative guidance
+            loss = unlearn
+            log["unlearn"].append(float(unlearn.detach()))
+            if retain:
+                kept = F.mse_loss(eps[b:], eps_c[b:])
+                log["retain"].append(float(kept.detach()))
+                loss = unlearn + c.gamma * kept
+            return loss
+
+        def get_state() -> dict:
+            return {"delta": None if log["delta"] is None else log["delta"].cpu(), "delta_prompt": log["delta_prompt"],
+                    "attack": log["attack"], "unlearn": log["unlearn"], "retain": log["retain"]}
+
+        def set_state(saved: dict) -> None:
+            log.update(saved)
+            if log["delta"] is not None:
+                log["delta"] = log["delta"].to(device)
+
+        loop = _LoopWithState(
+            te, params, lr=c.lr, steps=c.steps, optimizer="adam", mixed_precision=mixed,
+            gradient_checkpointing=c.gradient_checkpointing, checkpoint_dir=checkpoint_dir,
+            checkpoint_every=c.checkpoint_every, progress=progress, stage="training",
+            get_state=get_state, set_state=set_state,
+        )
+        if resume:
+            loop.resume()
+        unet_ckpt = (c.gradient_checkpointing and getattr(unet, "_supports_gradient_checkpointing", False)
+                     and not unet.is_gradient_checkpointing)
+        if unet_ckpt:
+            unet.enable_gradient_checkpointing()
+        try:
+            with meter.phase("training"):
+                losses = loop.run(loss_fn)
+        finally:
+            if unet_ckpt:
+                unet.disable_gradient_checkpointing()
+        changed = frozen.changed()
+        trained = loop.finish()
+        tensors = {f"text_encoder.{n}": trained[n] for n in params if n in changed}
+        logger.info("advunlearn: %d of %d trained tensors changed, %d attack rounds", len(tensors), len(params),
+                    len(log["attack"]))
+        return Edit(
+            method=self.name,
+            config=c.to_dict(),
+            request=req.to_dict(),
+            tensors=tensors,
+            base={},
+            seed=c.seed,
+            cost={**meter.summary(), "device": str(device), "mixed_precision": mixed, "num_processes": world},
+            extra={
+                "components": {"text_encoder": record},
+                "trained_tensors": len(params),
+                "trained_parameters": int(sum(p.numel() for p in params.values())),
+                "resolution": resolution,
+                "prediction_type": kind,
+                "frozen_samples": len(samples),
+                "attack_rounds": len(log["attack"]),
+                "attack_loss_first_mean": _mean([a[0] for a in log["attack"]]),
+                "attack_loss_last_mean": _mean([a[1] for a in log["attack"]]),
+                "loss_first": losses[0] if losses else None,
+                "loss_last": losses[-1] if losses else None,
+                "unlearn_loss_last_10pct": _tail_mean(log["unlearn"]),
+                "retain_loss_last_10pct": _tail_mean(log["retain"]),
+            },
+        )
+
+    # -- diagnostics (tests, benches)
+    def concept_samples(self, pipe, request, n: int = 8, seed: int | str = "diagnostic") -> dict:
+        """``n`` frozen samples of the first concept prompt (x_t, t, ESD target), drawn from ``seed``."""
+        c: AdvUnlearnConfig = self.config
+        req = request.resolve(pipe)
+        resolution = c.resolution or native_resolution(pipe)
+        ddim = ddim_for(pipe.scheduler, c.ddim_steps)
+        encode = TextConditioner(pipe, resolution)
+        ac, kind = alphas_cumprod(pipe.scheduler, pipe.unet.device), prediction_type(pipe.scheduler)
+        points = [draw_trajectory_point(random.Random(f"{seed}/{i}"), ddim, c.ddim_steps,
+                                        pipe.scheduler.config.num_train_timesteps, c.timesteps) for i in range(n)]
+        with torch.no_grad():
+            cond, uncond = encode(req.prompts[:1]), encode([""])
+            x_t, t, eps_c, eps_u = frozen_predictions(
+                pipe.unet, ddim, cond.index([0] * n), uncond, [p[0] for p in points], [p[1] for p in points],
+                [p[2] for p in points], latent_shape(pipe, resolution), c.guidance, ac, kind)
+        return {"prompt": req.prompts[0], "x_t": x_t, "t": t, "target": cfg(eps_u, eps_c, -c.eta)}
+
+    def esd_loss(self, pipe, samples: dict) -> float:
+        """The unlearning (ESD) loss of ``pipe`` as it is now, plain concept prompt, on ``concept_samples``."""
+        ac, kind = alphas_cumprod(pipe.scheduler, pipe.unet.device), prediction_type(pipe.scheduler)
+        with torch.no_grad():
+            cond = TextConditioner(pipe, self.config.resolution or native_resolution(pipe))([samples["prompt"]])
+            x_t, t = samples["x_t"], samples["t"]
+            out = unet_output(pipe.unet, x_t, t, cond.index([0] * len(x_t)))
+            return float(F.mse_loss(eps_from_output(ac, out, x_t, t, kind).float(), samples["target"].float()))
+
+    # -- the data
+    @staticmethod
+    def _my_ids(st: _Step, rank: int, c: AdvUnlearnConfig) -> list[list[int]]:
+        """The sample ids of ``st`` that process ``rank`` trains on."""
+        ids = [_block(st.concept, c.batch_size, rank), _block(st.retain, c.retain_batch, rank)]
+        return ids + [_block(a, c.attack_batch, rank) for a in st.attack or []]
+
+    def _precompute(self, compute, mine: list[int], samples: list[_Sample], progress) -> dict:
+        c: AdvUnlearnConfig = self.config
+        order = sorted(mine, key=lambda i: samples[i].depth)  # similar depths step together
+        parts: dict[str, list[torch.Tensor]] = {"x_t": [], "t": [], "eps_cond": [], "eps_uncond": []}
+        if progress:
+            progress("sampling x_t", 0, len(order), {})
+        with torch.no_grad():
+            for start in range(0, len(order), c.precompute_batch):
+                idx = order[start:start + c.precompute_batch]
+                for key, value in zip(parts, compute(idx)):
+                    parts[key].append(value.cpu())
+                if progress:
+                    progress("sampling x_t", start + len(idx), len(order), {})
+        data = {k: torch.cat(v) if v else torch.empty(0) for k, v in parts.items()}
+        data["ids"] = torch.tensor(order, dtype=torch.long)
+        return data
+
+    @staticmethod
+    def _save_data(checkpoint_dir: Path | None, data: dict, rank: int, world: int) -> None:
+        if checkpoint_dir is None:
+            return
+        from safetensors.torch import save_file
+
+        # Each process keeps the samples it computed (its own file): on resume it needs exactly those.
+        checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_path(checkpoint_dir / DATA_FILE.format(rank=rank, world=world)) as tmp:
+            save_file({k: v.contiguous() for k, v in data.items()}, str(tmp))
+
+    @staticmethod
+    def _load_data(checkpoint_dir: Path | None, mine: list[int], rank: int, world: int) -> dict | None:
+        path = checkpoint_dir / DATA_FILE.format(rank=rank, world=world) if checkpoint_dir is not None else None
+        if path is None or not path.is_file():
+            return None
+        from safetensors.torch import load_file
+
+        data = load_file(str(path))
+        if set(data) != {"x_t", "t", "eps_cond", "eps_uncond", "ids"} or sorted(data["ids"].tolist()) != mine:
+            return None
+        return data
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def _tail_mean(values: list[float]) -> float | None:
+    return _mean(values[-max(1, len(values) // 10):]) if values else None
+
+
+# ----------------------------------------------------------------------------- plug-and-play export
+def check_export_folder(out_dir: str | os.PathLike) -> Path:
+    """The export folder, refused (before any work) unless it is new or empty and its parent writable."""
+    out = Path(out_dir).expanduser()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ErasureInputError(f"export folder {out}: exists and is not an empty folder")
+    parent = out.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ErasureInputError(f"export folder {out}: cannot write there ({parent} is not writable)")
+    return out
+
+
+def export_text_encoder(run_dir: str | os.PathLike, out_dir: str | os.PathLike, base=None, *,
+                        allow_other_base: bool = False) -> Path:
+    """Write the erased text encoder of a text-encoder-only run as a transformers ``CLIPTextModel``
+    folder (``CLIPTextModel.from_pretrained(out_dir)`` loads it; swap it into any pipeline with the
+    same text encoder, e.g. ``pipe.text_encoder = ...``: the paper's plug-and-play unlearner).
+
+    ``base``: the pipeline to take the frozen tensors from (default: the run's base model, loaded
+    from its manifest; ``allow_other_base`` as for ``load_erased``). Also writes ``erasure-export.json``
+    (method, concept, run, base fingerprint) beside the weights. ``out_dir`` must not exist or be empty.
+    """
+    from erasure.edit import Edit as _Edit
+    from erasure.edit import read_manifest
+    from erasure.pipelines import load_erased
+
+    run = Path(run_dir).expanduser()
+    manifest = read_manifest(run)
+    edit = _Edit.load(run)
+    components = sorted({k.partition(".")[0] for k in [*edit.tensors, *getattr(edit, "zeroed", {})]})
+    if components != ["text_encoder"]:
+        raise ErasureInputError(f"{run}: the edit changes {', '.join(components) or 'nothing'}, not the text encoder alone; "
+                                "only a text-encoder edit exports as a text encoder")
+    out = check_export_folder(out_dir)
+    pipe = load_erased(run, base=base, device="cpu", allow_other_base=allow_other_base)
+    with atomic_path(out) as tmp:
+        pipe.text_encoder.save_pretrained(tmp, safe_serialization=True)
+        record = {"run": str(run.resolve()), "method": manifest["method"], "request": manifest["request"],
+                  "base": manifest["base"], "edited_tensors": len(edit.tensors)}
+        (Path(tmp) / EXPORT_RECORD).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    logger.info("exported the erased text encoder of %s to %s", run, out)
+    return out
