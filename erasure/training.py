@@ -296,6 +296,7 @@ class TrainLoop:
         self.optimizer.load_state_dict(state["optimizer"])
         self.losses = list(state.get("losses", []))
         self.start_step = int(state["step"])
+        self.load_extra_state(state)
         logger.info("resumed from %s at step %d", self.checkpoint_path, self.start_step)
         return self.start_step
 
@@ -307,9 +308,19 @@ class TrainLoop:
             "params": {n: p.detach().cpu() for n, p in self.params.items()},
             "optimizer": self.optimizer.state_dict(),
             "losses": list(self.losses),
+            **self.extra_state(),
         }
         with atomic_path(self.checkpoint_path) as tmp:
             torch.save(state, tmp)
+
+    # A method with state of its own (an attack's latest delta, a discriminator) overrides these
+    # two so its checkpoint resumes exactly; the entries share the checkpoint file's dictionary.
+    def extra_state(self) -> dict:
+        """Entries to add to every checkpoint (tensors, numbers, strings, lists, dicts of those)."""
+        return {}
+
+    def load_extra_state(self, state: dict) -> None:
+        """Restore what ``extra_state`` saved, from the loaded checkpoint dictionary."""
 
     # -- the loop
     def run(self, loss_fn: Callable[[int], torch.Tensor]) -> list[float]:
@@ -370,6 +381,20 @@ class TrainLoop:
         value = value.float().clone()
         dist.all_reduce(value)
         return value / self.num_processes
+
+    def average(self, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Each tensor's mean over the processes (the tensors themselves in one process), for
+        methods that build their gradients by hand."""
+        if self.num_processes == 1:
+            return list(tensors)
+        import torch.distributed as dist
+
+        out = []
+        for t in tensors:
+            t = t.clone()
+            dist.all_reduce(t)
+            out.append(t / self.num_processes)
+        return out
 
     def _check_processes_agree(self) -> None:
         """Raise if the processes' trained tensors differ (they must: same start, same updates)."""

@@ -296,35 +296,19 @@ def _block(ids: list[int], per_process: int, rank: int) -> list[int]:
 
 # ----------------------------------------------------------------------------- the loop
 class _LoopWithState(TrainLoop):
-    """``TrainLoop`` whose checkpoints also hold the method's own state (the attack's latest delta).
-
-    Same checkpoint layout as ``TrainLoop.save_checkpoint`` plus a "method_state" entry."""
+    """``TrainLoop`` whose checkpoints also hold the method's own state (the attack's latest delta)."""
 
     def __init__(self, *args, get_state: Callable[[], dict], set_state: Callable[[dict], None], **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._get_state, self._set_state = get_state, set_state
 
-    def save_checkpoint(self, step: int) -> None:
-        if self.checkpoint_path is None or not self.accelerator.is_main_process:
-            return
-        state = {
-            "step": step,
-            "params": {n: p.detach().cpu() for n, p in self.params.items()},
-            "optimizer": self.optimizer.state_dict(),
-            "losses": list(self.losses),
-            "method_state": self._get_state(),
-        }
-        with atomic_path(self.checkpoint_path) as tmp:
-            torch.save(state, tmp)
+    def extra_state(self) -> dict:
+        return {"method_state": self._get_state()}
 
-    def resume(self) -> int:
-        step = super().resume()
-        if step:
-            saved = torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
-            if "method_state" not in saved:
-                raise ErasureInputError(f"{self.checkpoint_path}: checkpoint holds no attack state; start a new run")
-            self._set_state(saved["method_state"])
-        return step
+    def load_extra_state(self, state: dict) -> None:
+        if "method_state" not in state:
+            raise ErasureInputError(f"{self.checkpoint_path}: checkpoint holds no attack state; start a new run")
+        self._set_state(state["method_state"])
 
 
 @register("advunlearn")

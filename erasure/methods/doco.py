@@ -418,44 +418,19 @@ class _DoCoLoop(TrainLoop):
         self.disc, self.disc_optimizer = discriminator, disc_optimizer
         self.history: dict[str, list[float]] = {k: [] for k in HISTORY}
 
-    def save_checkpoint(self, step: int) -> None:
-        if self.checkpoint_path is None or not self.accelerator.is_main_process:
-            return
-        state = {
-            "step": step,
-            "params": {n: p.detach().cpu() for n, p in self.params.items()},
-            "optimizer": self.optimizer.state_dict(),
-            "losses": list(self.losses),
+    def extra_state(self) -> dict:
+        return {
             "discriminator": {k: v.detach().cpu() for k, v in self.disc.state_dict().items()},
             "disc_optimizer": self.disc_optimizer.state_dict(),
             "history": {k: list(v) for k, v in self.history.items()},
         }
-        with atomic_path(self.checkpoint_path) as tmp:
-            torch.save(state, tmp)
 
-    def resume(self) -> int:
-        step = super().resume()
-        if step:
-            state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
-            if "discriminator" not in state:
-                raise ErasureInputError(f"{self.checkpoint_path}: not a DoCo checkpoint (no discriminator state)")
-            self.disc.load_state_dict(state["discriminator"])
-            self.disc_optimizer.load_state_dict(state["disc_optimizer"])
-            self.history = {k: list(state["history"].get(k, [])) for k in HISTORY}
-        return step
-
-    def average(self, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """Each tensor's mean over the processes (itself in one process)."""
-        if self.num_processes == 1:
-            return list(tensors)
-        import torch.distributed as dist
-
-        out = []
-        for t in tensors:
-            t = t.clone()
-            dist.all_reduce(t)
-            out.append(t / self.num_processes)
-        return out
+    def load_extra_state(self, state: dict) -> None:
+        if "discriminator" not in state:
+            raise ErasureInputError(f"{self.checkpoint_path}: not a DoCo checkpoint (no discriminator state)")
+        self.disc.load_state_dict(state["discriminator"])
+        self.disc_optimizer.load_state_dict(state["disc_optimizer"])
+        self.history = {k: list(state["history"].get(k, [])) for k in HISTORY}
 
     def run(self, step_fn) -> list[float]:
         """``step_fn(step) -> dict`` of the HISTORY values; it leaves the trained tensors' gradients
