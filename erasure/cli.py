@@ -206,22 +206,69 @@ def evaluate(
     erased: Annotated[list[Path], typer.Option("--erased", "-e", help="Run folder of an erased model; repeat for several.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for metrics.json, report.md, grids and the image cache.")],
     original: Annotated[str, typer.Option("--original", help="The model the runs were erased from.")] = "canvas-mini",
-    suite: Annotated[str, typer.Option("--suite", help="Evaluation suite: canvas.")] = "canvas",
-    seeds: SeedsOpt = "0-1",
-    steps: Annotated[int, typer.Option("--steps", help="Sampling steps.")] = 25,
-    guidance: Annotated[float, typer.Option("--guidance", help="Classifier-free guidance scale.")] = 3.0,
+    suite: Annotated[str, typer.Option("--suite", help="Evaluation suite: canvas, memorization, sd-nudity, sd-style or sd-object.")] = "canvas",
+    seeds: Annotated[Optional[str], typer.Option("--seeds", help="Seeds per prompt, e.g. 0-1 or 0,3,5 (default: the suite's).")] = None,
+    steps: Annotated[Optional[int], typer.Option("--steps", min=1, help="Sampling steps (default: the suite's).")] = None,
+    guidance: Annotated[Optional[float], typer.Option("--guidance", min=0.0, help="Classifier-free guidance scale (default: the suite's).")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per pipeline call.")] = 32,
+    clip: Annotated[Optional[str], typer.Option("--clip", help="CLIP for CLIP scores: ARCH:WEIGHTS (open_clip architecture, local checkpoint), local-dir:FOLDER or canvas-mini.")] = None,
+    reference: Annotated[Optional[Path], typer.Option("--reference", help="Folder of reference images: adds FID/KID (SD suites).")] = None,
+    fid_features: Annotated[str, typer.Option("--fid-features", help="FID/KID features: inception (weights in torch hub's cache), inception:WEIGHTS or canvas-evaluator.")] = "inception",
+    training_images: Annotated[Optional[Path], typer.Option("--training-images", help="memorization: folder of the training images.")] = None,
+    captions: Annotated[Optional[Path], typer.Option("--captions", help="memorization: file of IMAGE<TAB>CAPTION lines.")] = None,
+    memorization_threshold: Annotated[Optional[float], typer.Option("--memorization-threshold", help="memorization: similarity above which a generation counts as memorized (default: the suite's rule).")] = None,
+    prompts_file: Annotated[Optional[Path], typer.Option("--prompts-file", help="sd-nudity: nudity prompts, one per line (default: the suite's).")] = None,
+    utility_file: Annotated[Optional[Path], typer.Option("--utility-file", help="sd-nudity: ordinary captions, one per line (default: the suite's).")] = None,
+    nudity_classes: Annotated[Optional[str], typer.Option("--nudity-classes", help="sd-nudity: comma-separated NudeNet classes (default: the suite's).")] = None,
+    nudity_threshold: Annotated[Optional[float], typer.Option("--nudity-threshold", help="sd-nudity: detection score threshold (default: the suite's).")] = None,
+    paraphrases: Annotated[bool, typer.Option("--paraphrases", help="canvas: also score the erased concept in canvas-mini's paraphrase templates.")] = False,
+    attack: Annotated[bool, typer.Option("--attack", help="canvas: also run the soft-prompt attack on the original and each erased run (implies --paraphrases).")] = False,
+    attack_seeds: Annotated[Optional[str], typer.Option("--attack-seeds", help="canvas --attack: attack seeds (default: the suite's).")] = None,
+    attack_steps: Annotated[Optional[int], typer.Option("--attack-steps", min=1, help="canvas --attack: attack optimisation steps (default: the suite's).")] = None,
+    attack_lr: Annotated[Optional[float], typer.Option("--attack-lr", help="canvas --attack: attack learning rate (default: the suite's).")] = None,
+    attack_teacher_samples: Annotated[Optional[int], typer.Option("--attack-teacher-samples", help="canvas --attack: the original's samples the attack matches (default: the suite's).")] = None,
     device: DeviceOpt = "auto",
 ) -> None:
     """Score erased runs against the original on a suite; writes metrics.json, report.md and report.html."""
-    from erasure.evaluation import SamplingSettings, check_runs, evaluate_runs
-    from erasure.pipelines.generation import parse_seeds
+    from rich.console import Console
+    from rich.table import Table
 
-    settings = SamplingSettings(steps=steps, guidance=guidance, seeds=parse_seeds(seeds))
-    check_runs(erased, suite)  # bad runs fail in one line before any model loads
+    from erasure.evaluation import evaluate_runs, format_score
+    from erasure.pipelines.generation import parse_seeds
+    from erasure.suites import EvalOptions, check_inputs, load_suite, suite_settings
+
+    options = EvalOptions(
+        clip=clip, reference=reference, fid_features=fid_features, training_images=training_images, captions=captions,
+        memorization_threshold=memorization_threshold, prompts_file=prompts_file, utility_file=utility_file,
+        nudity_classes=[c.strip() for c in nudity_classes.split(",") if c.strip()] if nudity_classes else None,
+        nudity_threshold=nudity_threshold, paraphrases=paraphrases, attack=attack,
+        attack_seeds=parse_seeds(attack_seeds) if attack_seeds else None, attack_steps=attack_steps, attack_lr=attack_lr,
+        attack_teacher_samples=attack_teacher_samples,
+    )
+    if not attack and any(v is not None for v in (attack_seeds, attack_steps, attack_lr, attack_teacher_samples)):
+        raise ErasureInputError("--attack-seeds/--attack-steps/--attack-lr/--attack-teacher-samples need --attack")
+    spec = load_suite(suite)
+    settings = suite_settings(spec, steps=steps, guidance=guidance, seeds=parse_seeds(seeds) if seeds else None,
+                              batch_size=batch_size)
+    check_inputs(original, erased, suite, options)  # bad input fails in one line before any model loads
     _quiet_libraries()
     with _StageBars() as bars:
-        metrics = evaluate_runs(original, erased, suite=suite, out=out, settings=settings, device=device, progress=bars)
-    _print_scores(metrics)
+        metrics = evaluate_runs(original, erased, suite=suite, out=out, settings=settings, options=options,
+                                device=device, progress=bars)
+    from erasure.evaluation import shard
+
+    if shard()[0] != 0:  # under a launcher every process holds the same scores: the main one prints them
+        return
+    table = Table(title=f"{metrics['suite']} suite: original -> erased")
+    for name in ("run", "erased", *(c["label"] for c in metrics["columns"]), "time"):
+        table.add_column(name)
+    for r in metrics["runs"]:
+        b, a = r["before"], r["after"]
+        table.add_row(Path(r["run"]).name, f"{', '.join(r['targets'])} ({r['method']})",
+                      *(f"{format_score(b.get(c['key']), c['format'])} -> {format_score(a.get(c['key']), c['format'])}"
+                        for c in metrics["columns"]),
+                      f"{r['cost'].get('wall_seconds', 0):.0f} s")
+    Console().print(table)
     typer.echo(f"wrote {out / 'metrics.json'}, {out / 'report.md'} and {out / 'report.html'}")
 
 

@@ -1,8 +1,10 @@
-"""Evaluation of erased models against their original: suites, cached generation, reports.
+"""Evaluation of erased models against their original: cached generation, the canvas suite's pieces, reports.
 
-``evaluate_runs(original, runs, suite="canvas", out=DIR)`` (CLI: ``erasure evaluate``) generates the
+``evaluate_runs(original, runs, suite=NAME, out=DIR)`` (CLI: ``erasure evaluate``) generates the
 suite's prompts with the original model and with every erased run on the same seeds, scores them,
 and writes ``metrics.json``, ``report.md``, ``report.html`` and a before/after grid per run into ``DIR``.
+The suites themselves (canvas, memorization, sd-nudity, sd-style, sd-object: YAML in configs/suites/
+plus a runner each) are in ``erasure.suites``.
 
 The canvas suite is UnlearnCanvas' protocol on canvas-mini: every object x style caption, a few
 seeds each, judged by the shipped evaluator (``erasure.metrics.UnlearnCanvasAccuracy``). Each run's
@@ -10,7 +12,9 @@ erased concept comes from its manifest, so the original model is scored against 
 ("before") as the erased one ("after").
 
 Generation is cached on disk by (model fingerprint, prompt, seed, sampler settings): evaluating a
-second run against the same original, or re-running an evaluation, does not regenerate.
+second run against the same original, or re-running an evaluation, does not regenerate. Under
+``accelerate launch`` it is sharded: each process draws its share of the missing images, all
+processes receive all images, and only the main process writes files.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import hashlib
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -31,7 +35,7 @@ from erasure.reports import html_report
 
 logger = logging.getLogger(__name__)
 
-SUITES: tuple[str, ...] = ("canvas",)
+SUITES: tuple[str, ...] = ("canvas", "memorization", "sd-nudity", "sd-style", "sd-object")  # see erasure.suites
 METRICS_FILE = "metrics.json"
 REPORT_FILE = "report.md"
 HTML_REPORT_FILE = "report.html"
@@ -95,18 +99,64 @@ def generate_cached(
     jobs = [(p, s) for p in prompts for s in settings.seeds]
     images: list[Image.Image | None] = [cache.get(model, p, s, settings) if cache else None for p, s in jobs]
     missing = [i for i, im in enumerate(images) if im is None]
-    logger.info("%d of %d images cached; generating %d", len(jobs) - len(missing), len(jobs), len(missing))
-    for start in range(0, len(missing), settings.batch_size):
-        chunk = missing[start : start + settings.batch_size]
+    rank, world = shard()
+    # Under a launcher each process draws every world-th missing image; an image depends only on its
+    # (prompt, seed), so the gathered set equals one process's.
+    mine = missing[rank::world]
+    logger.info("%d of %d images cached; generating %d (process %d of %d)", len(jobs) - len(missing), len(jobs),
+                len(mine), rank, world)
+    made_here: dict[int, Image.Image] = {}
+    for start in range(0, len(mine), settings.batch_size):
+        chunk = mine[start : start + settings.batch_size]
         # one prompt per job: generate() pairs every prompt with every seed, so call per seed group
-        made = _generate_jobs(generate, pipe, [jobs[i] for i in chunk], settings)
-        for i, image in zip(chunk, made):
-            images[i] = image
-            if cache is not None:
-                cache.put(model, *jobs[i], settings, image)
-        if progress:
-            progress(start + len(chunk), len(missing))
+        made_here.update(zip(chunk, _generate_jobs(generate, pipe, [jobs[i] for i in chunk], settings)))
+        if progress and rank == 0:
+            progress(start + len(chunk), len(mine))
+    made = _gather(made_here) if world > 1 else made_here
+    for i, image in made.items():
+        images[i] = image
+        if cache is not None and rank == 0:  # only the main process writes files
+            cache.put(model, *jobs[i], settings, image)
     return images  # type: ignore[return-value]
+
+
+def shard() -> tuple[int, int]:
+    """(process index, number of processes) under ``accelerate launch`` / ``torchrun``; (0, 1) otherwise.
+
+    Without a launcher no process group is created, so single-process evaluation is unchanged."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, 1
+    from erasure.training import process_state
+
+    state = process_state(cpu=not _cuda_visible())
+    return state.process_index, state.num_processes
+
+
+def _cuda_visible() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _gather(made: dict[int, Image.Image]) -> dict[int, Image.Image]:
+    """Every process's images (index -> image), on every process; PNG bytes keep them exact."""
+    import io
+
+    import torch.distributed as dist
+
+    def encode(im: Image.Image) -> bytes:
+        buf = io.BytesIO()
+        im.save(buf, format="PNG")
+        return buf.getvalue()
+
+    parts: list = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, {i: encode(im) for i, im in made.items()})
+    out: dict[int, Image.Image] = {}
+    for part in parts:
+        for i, data in part.items():
+            with Image.open(io.BytesIO(data)) as im:
+                out[i] = im.convert("RGB")
+    return out
 
 
 def _generate_jobs(generate, pipe, jobs: list[tuple[str, int]], settings: SamplingSettings) -> list[Image.Image]:
@@ -197,10 +247,10 @@ def before_after_grid(before: Sequence[Image.Image], after: Sequence[Image.Image
                    row_labels=[f"{s}" for s in STYLES], col_labels=list(OBJECTS), min_cell=64)
         for images in (before, after)
     ]
-    return _side_by_side(grids, ["original", title_after])
+    return side_by_side(grids, ["original", title_after])
 
 
-def _side_by_side(images: Sequence[Image.Image], titles: Sequence[str], gap: int = 24) -> Image.Image:
+def side_by_side(images: Sequence[Image.Image], titles: Sequence[str], gap: int = 24) -> Image.Image:
     from PIL import ImageDraw, ImageFont
 
     font = ImageFont.load_default(size=22)
@@ -217,32 +267,13 @@ def _side_by_side(images: Sequence[Image.Image], titles: Sequence[str], gap: int
 
 
 # ----------------------------------------------------------------------------- runner
-def check_runs(runs: Sequence[str | os.PathLike], suite: str = "canvas") -> list[dict]:
-    """The runs' manifests, refusing (before any work) an unknown suite, no runs, or a run it cannot score."""
-    from erasure.edit import read_manifest
+def check_runs(runs: Sequence[str | os.PathLike], suite: str = "canvas", original: str = "canvas-mini",
+               options=None) -> list[dict]:
+    """The runs' manifests, refusing (before any work) an unknown suite, no runs, a run the suite cannot
+    score, or a local file it needs that is missing (``options``: ``erasure.suites.EvalOptions``)."""
+    from erasure.suites import check_inputs
 
-    if suite not in SUITES:
-        raise ErasureInputError(f"unknown suite {suite!r}; available: {', '.join(SUITES)}")
-    if not runs:
-        raise ErasureInputError("no erased run to evaluate; give at least one --erased RUN")
-    manifests = [read_manifest(r) for r in runs]
-    for m in manifests:
-        canvas_targets(m["request"])
-    return manifests
-
-
-@dataclass
-class RunResult:
-    """The scores of one erased run and of the original on the same targets."""
-
-    run: str
-    method: str
-    kind: str
-    targets: list[str]
-    before: dict[str, float]
-    after: dict[str, float]
-    cost: dict
-    grid: str
+    return check_inputs(original, runs, suite, options)[1]
 
 
 def evaluate_runs(
@@ -252,60 +283,38 @@ def evaluate_runs(
     suite: str = "canvas",
     out: str | os.PathLike,
     settings: SamplingSettings | None = None,
+    options=None,
     cache_dir: str | os.PathLike | None = None,
     device: str = "auto",
     progress: ProgressFn | None = None,
 ) -> dict:
-    """Score every erased run against ``original``; write metrics.json, report.md, report.html and grids to ``out``.
+    """Score every erased run against ``original`` on ``suite``; write metrics.json, report.md, report.html
+    and a before/after grid per run to ``out``.
 
-    Returns the content of ``metrics.json``.
+    ``settings``: sampling (default: the suite's); ``options``: ``erasure.suites.EvalOptions`` (local
+    CLIP/Inception/reference/training files, nudity classes, the canvas suite's attack). Returns the
+    content of ``metrics.json``.
     """
-    from erasure.pipelines import load_erased, load_pipeline
+    from erasure.suites import Context, EvalOptions, check_inputs, run_suite, suite_settings
 
-    manifests = check_runs(runs, suite)
-    targets = [canvas_targets(m["request"]) for m in manifests]
-    settings = settings or SamplingSettings()
+    options = options or EvalOptions()
+    spec, manifests = check_inputs(original, runs, suite, options)
     out = Path(out)
-    cache = GenerationCache(cache_dir if cache_dir is not None else out / "cache")
-    cases = canvas_cases()
-    prompts = [c.prompt for c in cases]
-    n = len(settings.seeds)
+    ctx = Context(original=original, runs=[str(r) for r in runs], manifests=manifests, spec=spec,
+                  settings=settings or suite_settings(spec), options=options, out=out,
+                  cache=GenerationCache(cache_dir if cache_dir is not None else out / "cache"),
+                  device=device, progress=progress)
+    metrics = run_suite(ctx)
+    rank, world = shard()
+    if rank == 0:  # every process holds the same images and scores; one writes them
+        _write_text(out / METRICS_FILE, json.dumps(metrics, indent=2))
+        _write_text(out / REPORT_FILE, markdown_report(metrics))
+        _write_text(out / HTML_REPORT_FILE, html_report(metrics))
+    if world > 1:
+        from erasure.training import process_state
 
-    base = load_pipeline(original, device=device)
-    before = generate_cached(base, prompts, settings, cache, _stage(progress, "original"))
-    results: list[RunResult] = []
-    for run, manifest, (kind, idx) in zip(runs, manifests, targets):
-        erased = load_erased(run, base=load_pipeline(original, device=device))
-        after = generate_cached(erased, prompts, settings, cache, _stage(progress, Path(run).name))
-        grid_name = f"grid-{Path(run).name}.png"
-        out.mkdir(parents=True, exist_ok=True)
-        grid = before_after_grid(before, after, cases, n, f"erased: {', '.join(manifest['request']['targets'])} ({manifest['method']})")
-        with atomic_path(out / grid_name) as tmp:
-            grid.save(tmp, format="PNG")
-        results.append(RunResult(
-            run=str(run), method=manifest["method"], kind=kind, targets=manifest["request"]["targets"],
-            before=score_canvas(before, cases, n, kind, idx), after=score_canvas(after, cases, n, kind, idx),
-            cost=manifest.get("cost", {}), grid=grid_name,
-        ))
-    metrics = {
-        "suite": suite,
-        "original": original,
-        "judge": "canvas-mini evaluator (shipped beside the model)",
-        "sampling": asdict(settings),
-        "prompts": len(prompts),
-        "original_accuracy": accuracy_canvas(before, cases, n),
-        "runs": [asdict(r) for r in results],
-    }
-    _write_text(out / METRICS_FILE, json.dumps(metrics, indent=2))
-    _write_text(out / REPORT_FILE, markdown_report(metrics))
-    _write_text(out / HTML_REPORT_FILE, html_report(metrics))
+        process_state().wait_for_everyone()
     return metrics
-
-
-def _stage(progress: ProgressFn | None, name: str) -> Callable[[int, int], None] | None:
-    if progress is None:
-        return None
-    return lambda done, total: progress(f"generate {name}", done, total, {})
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -314,30 +323,35 @@ def _write_text(path: Path, text: str) -> None:
         Path(tmp).write_text(text)
 
 
+def format_score(value, fmt: str) -> str:
+    """A score as reports print it: a share as a percentage, anything else with 3 significant digits."""
+    if value is None:
+        return "n/a"
+    return f"{value:.1%}" if fmt == "pct" else f"{value:.4g}"
+
+
 def markdown_report(metrics: dict) -> str:
     """The report: what was measured, how, and the before/after table with each run's grid."""
     s = metrics["sampling"]
-    acc = metrics["original_accuracy"]
+    cols = metrics["columns"]
     lines = [
         f"# Evaluation: {metrics['suite']} suite",
         "",
         f"Original model: `{metrics['original']}`. Judge: {metrics['judge']}. "
         f"{metrics['prompts']} prompts x {len(s['seeds'])} seeds, {s['scheduler']} {s['steps']} steps, guidance {s['guidance']}.",
-        f"Original model's accuracy on its own generations: objects {acc['object_accuracy']:.1%}, styles {acc['style_accuracy']:.1%}.",
+        *metrics.get("summary", []),
         "",
-        "UA: share of generations for the erased concept not recognised as it (higher: better erased). "
-        "IRA: accuracy on the other concepts of the same kind. CRA: accuracy on the other kind, on prompts "
-        "without the erased concept (both higher: better kept).",
-        "",
-        "| run | method | erased | UA before | UA after | IRA before | IRA after | CRA before | CRA after | time (s) | peak memory (GiB) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        *[line for note in metrics.get("notes", []) for line in (note, "")],
+        "| run | method | erased | " + " | ".join(f"{c['label']} before | {c['label']} after" for c in cols)
+        + " | time (s) | peak memory (GiB) |",
+        "|---|---|---|" + "---|---|" * len(cols) + "---|---|",
     ]
     for r in metrics["runs"]:
         b, a, c = r["before"], r["after"], r["cost"]
+        scores = " | ".join(f"{format_score(b.get(k['key']), k['format'])} | {format_score(a.get(k['key']), k['format'])}" for k in cols)
         lines.append(
-            f"| {Path(r['run']).name} | {r['method']} | {', '.join(r['targets'])} ({r['kind']}) | {b['UA']:.1%} | {a['UA']:.1%} "
-            f"| {b['IRA']:.1%} | {a['IRA']:.1%} | {b['CRA']:.1%} | {a['CRA']:.1%} | {c.get('wall_seconds', float('nan')):.0f} "
-            f"| {c.get('peak_memory_bytes', float('nan')) / 2**30:.2f} |"
+            f"| {Path(r['run']).name} | {r['method']} | {', '.join(r['targets'])} ({r['kind']}) | {scores} "
+            f"| {c.get('wall_seconds', float('nan')):.0f} | {c.get('peak_memory_bytes', float('nan')) / 2**30:.2f} |"
         )
     for r in metrics["runs"]:
         lines += ["", f"## {Path(r['run']).name}", "", f"![original vs erased]({r['grid']})"]

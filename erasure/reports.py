@@ -33,24 +33,28 @@ def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.1%}"
 
 
-def _cell(before: float, after: float, higher_is_better: bool) -> str:
-    better = after > before if higher_is_better else after < before
-    worse = after < before if higher_is_better else after > before
-    cls = "good" if better else "bad" if worse else ""
-    return f'<td class="{cls}">{_pct(before)} &rarr; {_pct(after)}</td>'
+def _cell(before: float | None, after: float | None, higher_is_better: bool, fmt: str = "pct") -> str:
+    from erasure.evaluation import format_score
+
+    cls = ""
+    if before is not None and after is not None:
+        better = after > before if higher_is_better else after < before
+        worse = after < before if higher_is_better else after > before
+        cls = "good" if better else "bad" if worse else ""
+    return f'<td class="{cls}">{format_score(before, fmt)} &rarr; {format_score(after, fmt)}</td>'
 
 
 def html_report(metrics: dict) -> str:
-    """The evaluation as an HTML page: settings, the before/after table, each run's grid."""
+    """The evaluation as an HTML page: settings, the before/after table (the suite's ``columns``), each run's grid."""
     e = html.escape
-    s, acc = metrics["sampling"], metrics["original_accuracy"]
+    s, cols = metrics["sampling"], metrics["columns"]
     rows = []
     for r in metrics["runs"]:
         b, a, c = r["before"], r["after"], r["cost"]
         rows.append(
             f"<tr><td>{e(Path(r['run']).name)}</td><td class=\"text\">{e(r['method'])}</td>"
             f"<td class=\"text\">{e(', '.join(r['targets']))} ({e(r['kind'])})</td>"
-            + _cell(b["UA"], a["UA"], True) + _cell(b["IRA"], a["IRA"], True) + _cell(b["CRA"], a["CRA"], True)
+            + "".join(_cell(b.get(k["key"]), a.get(k["key"]), k["higher_is_better"], k["format"]) for k in cols)
             + f"<td>{c.get('wall_seconds', float('nan')):.0f}</td>"
             f"<td>{c.get('peak_memory_bytes', float('nan')) / 2**30:.2f}</td></tr>"
         )
@@ -60,17 +64,18 @@ def html_report(metrics: dict) -> str:
         f"<img class=\"grid\" src=\"{e(r['grid'])}\" alt=\"original and erased generations for {e(Path(r['run']).name)}\">"
         for r in metrics["runs"]
     )
+    summary = " ".join(e(line) for line in metrics.get("summary", []))
+    notes = "".join(f"<p class=\"note\">{e(note)}</p>" for note in metrics.get("notes", []))
+    heads = "".join(f"<th>{e(k['label'])}</th>" for k in cols)
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Evaluation: {e(metrics['suite'])} suite</title>
 <style>{_CSS}</style></head><body>
 <h1>Evaluation: {e(metrics['suite'])} suite</h1>
 <p>Original model: <code>{e(str(metrics['original']))}</code>. Judge: {e(metrics['judge'])}.
 {metrics['prompts']} prompts &times; {len(s['seeds'])} seeds, {e(str(s['scheduler']))} {s['steps']} steps, guidance {s['guidance']}.
-Original model's accuracy on its own generations: objects {_pct(acc['object_accuracy'])}, styles {_pct(acc['style_accuracy'])}.</p>
-<p class="note">UA: share of generations for the erased concept not recognised as it (higher: better erased).
-IRA: accuracy on the other concepts of the same kind; CRA: on the other kind (both higher: better kept).
-Green: better after erasure, red: worse.</p>
-<table><thead><tr><th>run</th><th>method</th><th>erased</th><th>UA</th><th>IRA</th><th>CRA</th>
+{summary}</p>
+{notes}<p class="note">Each cell: original &rarr; erased. Green: better after erasure, red: worse.</p>
+<table><thead><tr><th>run</th><th>method</th><th>erased</th>{heads}
 <th>time (s)</th><th>peak memory (GiB)</th></tr></thead>
 <tbody>{''.join(rows)}</tbody></table>
 {grids}

@@ -37,8 +37,10 @@ def style_run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def evaluated(style_run, tmp_path_factory):
+    from erasure.suites import EvalOptions
+
     out = tmp_path_factory.mktemp("eval")
-    return out, evaluate_runs("canvas-mini", [style_run], out=out, settings=TINY)
+    return out, evaluate_runs("canvas-mini", [style_run], out=out, settings=TINY, options=EvalOptions(paraphrases=True))
 
 
 def test_cases_cover_every_pair_once():
@@ -70,6 +72,12 @@ def test_evaluate_writes_metrics_report_and_grid(evaluated, style_run):
     assert grid.width > 2 * 8 * 64 and grid.height > 8 * 64  # two 8 x 8 grids of >= 64 px cells
     report = (out / "report.md").read_text()
     assert "dotted" in report and run["grid"] in report and "UA" in report
+    # the cheap robustness check (--paraphrases): dotted in canvas-mini's 4 paraphrase templates x 8 objects
+    para = run["robustness"]["paraphrase"]
+    assert para["templates"] == [1, 2, 3, 4] and para["prompts"] == 32
+    for side in ("before", "after"):
+        assert run[side]["paraphrase_recognition"] == para[side]["recognised"] and 0.0 <= para[side]["recognised"] <= 1.0
+    assert "attack" not in run["robustness"] and "paraphrases recognised before" in report
 
 
 def test_generation_cache_hits_and_keys(tmp_path, monkeypatch):
@@ -126,6 +134,7 @@ def test_cli_quickstart_end_to_end(tmp_path, capsys):
     assert (out / "run" / "manifest.json").is_file()
     assert (out / metrics["runs"][0]["grid"]).is_file()
     assert (out / "report.md").is_file()
+    assert "paraphrase_recognition" not in metrics["runs"][0]["after"]  # robustness checks are opt-in
 
 
 def test_html_report_shows_the_table_and_grid_in_a_browser(evaluated):
@@ -169,3 +178,54 @@ def test_compare_runs_table_and_cli(evaluated, style_run, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["compare", str(tmp_path / "missing")])
     assert exc.value.code == 2 and len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_evaluate_with_the_attack_records_both_sides(evaluated, style_run, tmp_path, capsys):
+    from erasure.suites import EvalOptions
+
+    out, _ = evaluated
+    options = EvalOptions(attack=True, attack_seeds=[5], attack_steps=2, attack_lr=0.01, attack_teacher_samples=2)
+    # the plain evaluation's images are reused (same cache): only the attack runs
+    metrics = evaluate_runs("canvas-mini", [style_run], out=tmp_path, settings=TINY, options=options, cache_dir=out / "cache")
+    (run,) = metrics["runs"]
+    attack = run["robustness"]["attack"]
+    assert attack["concept"] == "dotted" and attack["prompt"] == "dotted style"
+    for side in ("before", "after"):
+        result = attack[side]
+        assert result["seeds"] == [5] and result["attack"]["steps"] == 2 and result["attack"]["lr"] == 0.01
+        assert result["teacher_samples"] == 2 and len(result["per_seed"]) == 1
+        assert run[side]["attack_success_rate"] == result["asr"] in (0.0, 1.0)
+        assert run[side]["attack_clean_rate"] == result["clean_rate"]
+    assert [c["key"] for c in metrics["columns"]][-1] == "attack_success_rate"
+    assert "attack success before" in (tmp_path / "report.md").read_text()
+    assert "attack success" in (tmp_path / "report.html").read_text()
+    with pytest.raises(ErasureInputError, match="lr: must be positive"):
+        evaluate_runs("canvas-mini", [style_run], out=tmp_path / "bad", options=EvalOptions(attack=True, attack_lr=-1.0))
+    assert not (tmp_path / "bad").exists()
+
+
+def test_the_attack_brings_back_a_weakly_erased_style(tmp_path):
+    """A known direction on a tiny run: after a short ESD-x run canvas-mini rarely draws striped from
+    its concept prompt, and the suite's soft-prompt attack (a stronger budget than the default, to
+    fit a test) makes it draw striped again on more seeds (measured: 3 of 6 seeds vs 0 of 6; with
+    weaker budgets 1-2 of 8, never below the unattacked rate)."""
+    import torch
+
+    from erasure.evaluation import GenerationCache
+    from erasure.suites import Context, EvalOptions, canvas_attack, load_suite
+
+    erased = load_pipeline("canvas-mini")
+    torch.manual_seed(0)
+    erase(erased, ErasureRequest(["striped"], kind="style"), "esd", variant="esd-x", steps=20, lr=5e-4, ddim_steps=20,
+          precompute_batch=32, checkpoint_every=0)
+    options = EvalOptions(attack=True, attack_seeds=list(range(1000, 1006)), attack_steps=30, attack_lr=0.1,
+                          attack_teacher_samples=16)
+    ctx = Context(original="canvas-mini", runs=[], manifests=[], spec=load_suite("canvas"),
+                  settings=SamplingSettings(steps=15, guidance=3.0, seeds=[0]), options=options, out=tmp_path,
+                  cache=GenerationCache(tmp_path))
+    result = canvas_attack(ctx, erased, {"request": {"targets": ["striped"], "kind": "style"}}, {})
+    before, after = result["before"], result["after"]
+    assert result["prompt"] == "striped style" and after["attack"]["lr"] == 0.1
+    assert before["clean_rate"] >= 0.5, f"the original should draw striped: {before['clean_rate']:.0%}"
+    assert after["clean_rate"] <= 0.25, f"the short ESD-x run should erase striped: {after['clean_rate']:.0%}"
+    assert after["asr"] >= after["clean_rate"] + 0.3, f"attack {after['asr']:.0%} vs unattacked {after['clean_rate']:.0%}"

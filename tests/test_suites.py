@@ -1,0 +1,252 @@
+"""Evaluation suites beyond canvas: their YAML files, the checks made before any generation, and
+their plumbing end to end on tiny random Stable Diffusion pipelines (and canvas-mini's memorized
+captions). The metrics' own known answers are in test_metrics.py; here: prompts, settings and
+scores reach metrics.json and the reports, and bad input is refused in one line before any work.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from PIL import Image
+
+from erasure import ErasureRequest, erase
+from erasure.cli import main
+from erasure.errors import ErasureInputError
+from erasure.evaluation import SUITES, SamplingSettings, evaluate_runs
+from erasure.pipelines import load_pipeline
+from erasure.suites import EvalOptions, check_inputs, concept_prompts, load_suite, memorized_pairs
+
+TINY = SamplingSettings(steps=2, guidance=5.0, seeds=[0], batch_size=64)
+TINY_ESD = dict(steps=2, ddim_steps=4, precompute_batch=8, checkpoint_every=0)
+
+
+def tiny_run(saved, path, targets, kind):
+    erase(load_pipeline(saved.folder, device="cpu"), ErasureRequest(targets, kind=kind), "esd", out=path, **TINY_ESD)
+    return path
+
+
+@pytest.fixture(scope="module")
+def nudity_run(tiny_sd, tmp_path_factory):
+    return tiny_run(tiny_sd, tmp_path_factory.mktemp("runs") / "nudity", ["nudity"], "nudity")
+
+
+@pytest.fixture(scope="module")
+def style_run(tiny_sd, tmp_path_factory):
+    return tiny_run(tiny_sd, tmp_path_factory.mktemp("runs") / "monet", ["Claude Monet"], "style")
+
+
+@pytest.fixture(scope="module")
+def reference_dir(tmp_path_factory):
+    from erasure.pipelines.canvas.render import OBJECTS, STYLES, render
+
+    folder = tmp_path_factory.mktemp("reference")
+    for i in range(8):
+        render(OBJECTS[i], STYLES[i], seed=i).save(folder / f"ref{i}.png")
+    return folder
+
+
+# ----------------------------------------------------------------------------- suite files
+def test_every_suite_has_a_yaml_with_its_prompt_sets():
+    from erasure.configs import preset_path
+    from erasure.metrics import NUDENET_LABELS
+
+    for name in SUITES:
+        assert preset_path(f"suites/{name}").is_file()
+        spec = load_suite(name)
+        assert spec["name"] == name and spec["sampling"]["seeds"]
+    nudity = load_suite("sd-nudity")
+    assert 20 <= len(nudity["prompts"]) <= 30 and len(set(nudity["prompts"])) == len(nudity["prompts"])
+    assert len(nudity["utility"]) >= 10 and set(nudity["nudity"]["classes"]) <= set(NUDENET_LABELS)
+    for name in ("sd-style", "sd-object"):
+        spec = load_suite(name)
+        assert all("{concept}" in t or "{a_concept}" in t for t in spec["templates"]) and len(spec["others"]) >= 8
+    assert concept_prompts(load_suite("sd-object"), "apple")[0] == "a photo of an apple"
+    assert load_suite("canvas")["paraphrase_templates"] == [1, 2, 3, 4]
+    with pytest.raises(ErasureInputError, match="unknown suite 'coco'"):
+        load_suite("coco")
+
+
+# ----------------------------------------------------------------------------- checks before work
+def test_checks_refuse_missing_local_files(tmp_path, style_run, nudity_run, tiny_sd):
+    original = str(tiny_sd.folder)
+    with pytest.raises(ErasureInputError, match="pass --clip ARCH:WEIGHTS"):
+        check_inputs(original, [style_run], "sd-style")
+    with pytest.raises(ErasureInputError, match="no CLIP weights file"):
+        check_inputs(original, [style_run], "sd-style", EvalOptions(clip=f"ViT-B-32:{tmp_path / 'w.pt'}"))
+    with pytest.raises(ErasureInputError, match="scores object erasures"):
+        check_inputs(original, [style_run], "sd-object", EvalOptions(clip="canvas-mini"))
+    with pytest.raises(ErasureInputError, match="not a folder of images"):
+        check_inputs(original, [nudity_run], "sd-nudity", EvalOptions(reference=tmp_path / "none"))
+    (tmp_path / "refs").mkdir()
+    for i in range(2):
+        Image.new("RGB", (8, 8)).save(tmp_path / "refs" / f"{i}.png")
+    with pytest.raises(ErasureInputError, match="fid-features inception:WEIGHTS"):
+        check_inputs(original, [nudity_run], "sd-nudity",
+                     EvalOptions(reference=tmp_path / "refs", fid_features=f"inception:{tmp_path / 'missing.pth'}"))
+    with pytest.raises(ErasureInputError, match="unknown NudeNet class"):
+        check_inputs(original, [nudity_run], "sd-nudity", EvalOptions(nudity_classes=["NAKED"]))
+    with pytest.raises(ErasureInputError, match="pass --training-images DIR and --captions FILE"):
+        check_inputs(original, [nudity_run], "memorization")
+    with pytest.raises(ErasureInputError, match="scores style and object erasures"):
+        check_inputs("canvas-mini", [nudity_run], "canvas")
+
+
+def test_captions_file_is_checked_line_by_line(tmp_path):
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    captions = tmp_path / "captions.tsv"
+    captions.write_text("# memorized\na.png\tthe first caption\n\n")
+    assert memorized_pairs(tmp_path, captions) == [(tmp_path / "a.png", "the first caption")]
+    captions.write_text("a.png the first caption\n")
+    with pytest.raises(ErasureInputError, match="captions.tsv:1: expected IMAGE<TAB>CAPTION"):
+        memorized_pairs(tmp_path, captions)
+    captions.write_text("b.png\tanother\n")
+    with pytest.raises(ErasureInputError, match="no training image 'b.png'"):
+        memorized_pairs(tmp_path, captions)
+
+
+def test_cli_refuses_before_any_generation(tmp_path, style_run, tiny_sd, capsys):
+    out = tmp_path / "e"
+    for args, message in (
+        (["--suite", "sd-style"], "pass --clip"),
+        (["--suite", "sd-cats"], "unknown suite"),
+        (["--suite", "canvas", "--attack-steps", "3"], "need --attack"),
+    ):
+        with pytest.raises(SystemExit) as exc:
+            main(["evaluate", "--original", str(tiny_sd.folder), "--erased", str(style_run), "--out", str(out), *args])
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not out.exists()
+
+
+# ----------------------------------------------------------------------------- SD suites end to end
+def test_sd_nudity_on_a_tiny_run(tmp_path, nudity_run, tiny_sd, reference_dir):
+    spec = load_suite("sd-nudity")
+    options = EvalOptions(nudity_classes=["FEMALE_BREAST_EXPOSED", "BUTTOCKS_EXPOSED"], nudity_threshold=0.45,
+                          clip="canvas-mini", reference=reference_dir, fid_features="canvas-evaluator")
+    metrics = evaluate_runs(str(tiny_sd.folder), [nudity_run], suite="sd-nudity", out=tmp_path, settings=TINY,
+                            options=options)
+    assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
+    assert metrics["nudity"]["classes"] == ["FEMALE_BREAST_EXPOSED", "BUTTOCKS_EXPOSED"]
+    assert metrics["nudity"]["threshold"] == 0.45 and metrics["nudity"]["detector"].startswith("nudenet")
+    assert metrics["prompts"] == len(spec["prompts"]) + len(spec["utility"])
+    (run,) = metrics["runs"]
+    for side in ("before", "after"):
+        scores = run[side]
+        assert scores["nudity_rate"] == 0.0  # random tiny models draw no people
+        assert set(scores["nudity_per_class"]) == {"FEMALE_BREAST_EXPOSED", "BUTTOCKS_EXPOSED"}
+        assert 0.0 <= scores["clip_score"] <= 100.0 and scores["fid"] > 0 and "kid" in scores
+    assert [c["key"] for c in metrics["columns"]] == ["nudity_rate", "clip_score", "fid", "kid"]
+    grid = Image.open(tmp_path / run["grid"])
+    assert grid.width > 2 * 128 and grid.height >= 9 * 128  # 6 nudity + 3 utility prompts, 128 px cells
+    report = (tmp_path / "report.md").read_text()
+    assert "FEMALE_BREAST_EXPOSED" in report and "0.45" in report and "nudity rate before" in report
+    page = (tmp_path / "report.html").read_text()
+    assert run["grid"] in page and "FEMALE_BREAST_EXPOSED" in page and "&rarr;" in page
+
+
+def test_sd_style_prompts_come_from_the_runs_target(tmp_path, style_run, tiny_sd, capsys):
+    out = tmp_path / "style"
+    with pytest.raises(SystemExit) as exc:
+        main(["evaluate", "--suite", "sd-style", "--original", str(tiny_sd.folder), "--erased", str(style_run),
+              "--out", str(out), "--clip", "canvas-mini", "--steps", "2", "--seeds", "0"])
+    assert exc.value.code == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out
+    assert "sd-style suite" in printed and "monet" in printed and "->" in printed
+    metrics = json.loads((out / "metrics.json").read_text())
+    spec = load_suite("sd-style")
+    (run,) = metrics["runs"]
+    assert run["prompts"]["erased"] == concept_prompts(spec, "Claude Monet")
+    assert len(run["prompts"]["others"]) == len(spec["templates"]) * (len(spec["others"]) - 1)  # Monet left out
+    assert not any("Monet" in p for p in run["prompts"]["others"])
+    for side in ("before", "after"):
+        assert 0.0 <= run[side]["clip_erased"] <= 100.0 and 0.0 <= run[side]["clip_others"] <= 100.0
+    assert metrics["sampling"]["steps"] == 2 and metrics["sampling"]["guidance"] == spec["sampling"]["guidance"]
+    assert metrics["judge"] == "canvas-mini CLIP" and (out / run["grid"]).is_file()
+
+
+def test_memorization_with_user_training_images(tmp_path, nudity_run, tiny_sd):
+    from erasure.pipelines.generation import generate
+
+    captions = ["a red square on the wall", "a blue square on the wall"]
+    data = tmp_path / "train"
+    data.mkdir()
+    # Caption 0's training image is exactly what the original draws for it (a memorized caption,
+    # similarity 1); caption 1's is noise, like nothing the model draws.
+    generate(load_pipeline(tiny_sd.folder, device="cpu"), captions[:1], seeds=TINY.seeds, steps=TINY.steps,
+             guidance=TINY.guidance, scheduler=TINY.scheduler)[0].save(data / "0.png")
+    Image.effect_noise((64, 48), 64).convert("RGB").save(data / "1.png")
+    (tmp_path / "captions.tsv").write_text(f"0.png\t{captions[0]}\n1.png\t{captions[1]}\n")
+    options = EvalOptions(training_images=data, captions=tmp_path / "captions.tsv", memorization_threshold=0.99)
+    metrics = evaluate_runs(str(tiny_sd.folder), [nudity_run], suite="memorization", out=tmp_path / "e",
+                            settings=TINY, options=options)
+    assert metrics["captions"] == captions
+    assert metrics["threshold"] == 0.99 and metrics["threshold_rule"].startswith("given")
+    (run,) = metrics["runs"]
+    assert run["before"]["per_caption_share"] == [1.0, 0.0] and run["before"]["memorized_share"] == 0.5
+    assert run["before"]["similarity_mean"] > 0.4  # (1.0 + about 0) / 2
+    assert len(run["after"]["per_caption_share"]) == 2
+    assert (tmp_path / "e" / run["grid"]).is_file() and "memorized share" in (tmp_path / "e" / "report.md").read_text()
+    chance = evaluate_runs(str(tiny_sd.folder), [nudity_run], suite="memorization", out=tmp_path / "c", settings=TINY,
+                           options=EvalOptions(training_images=data, captions=tmp_path / "captions.tsv"))
+    # chance: caption 1's generation vs caption 0's training image (the random tiny model draws
+    # nearly the same picture for any prompt, so that is high, yet below the exact copy's 1.0)
+    assert chance["threshold_rule"].startswith("chance") and chance["threshold"] < 1.0
+    assert chance["runs"][0]["before"]["per_caption_share"] == [1.0, 0.0]
+
+
+@pytest.fixture(scope="module")
+def canvas_style_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("runs") / "dotted"
+    erase(load_pipeline("canvas-mini"), ErasureRequest(["dotted"], kind="style"), "esd", out=run,
+          **{**TINY_ESD, "ddim_steps": 6})
+    return run
+
+
+def test_memorization_on_canvas_minis_memorized_captions(tmp_path, canvas_style_run):
+    from erasure.pipelines.canvas.render import MEMORIZATION_CAPTIONS
+
+    settings = SamplingSettings(steps=3, guidance=3.0, seeds=[0], batch_size=64)
+    metrics = evaluate_runs("canvas-mini", [canvas_style_run], suite="memorization", out=tmp_path, settings=settings)
+    assert metrics["captions"] == list(MEMORIZATION_CAPTIONS) and metrics["data"] == "canvas-mini's memorized captions"
+    assert metrics["threshold_rule"].startswith("p99 of ordinary") and 0.5 < metrics["threshold"] < 0.99
+    before = metrics["runs"][0]["before"]
+    # canvas-mini memorized these captions: the original redraws their training images (Pearson >= 0.97 measured)
+    assert before["memorized_share"] == 1.0 and before["similarity_mean"] > metrics["threshold"]
+    assert before["style_accuracy"] >= 0.75 and set(metrics["runs"][0]["after"]) >= {"memorized_share", "object_accuracy"}
+    grid = Image.open(tmp_path / metrics["runs"][0]["grid"])
+    assert grid.height >= 8 * 64  # a row per caption
+
+
+SHARD_SCRIPT = """
+import json, logging, sys
+import torch
+torch.set_num_threads(1)
+logging.basicConfig(level=logging.INFO)
+from erasure.evaluation import SamplingSettings, evaluate_runs
+evaluate_runs(sys.argv[1], [sys.argv[2]], suite="sd-nudity", out=sys.argv[3], device="cpu",
+              settings=SamplingSettings(**json.loads(sys.argv[4])))
+"""
+
+
+@pytest.mark.timeout(900)
+def test_two_processes_shard_generation_and_equal_one_process(tmp_path, nudity_run, tiny_sd):
+    from dataclasses import asdict
+
+    from test_multiprocess import launch
+
+    script = tmp_path / "shard.py"
+    script.write_text(SHARD_SCRIPT)
+    sharded = launch(script, tiny_sd.folder, nudity_run, tmp_path / "two", json.dumps(asdict(TINY)))
+    assert sharded.returncode == 0, sharded.stderr[-3000:]
+    # 41 prompts x 1 seed per model: each process drew its share
+    assert "generating 21 (process 0 of 2)" in sharded.stderr and "generating 20 (process 1 of 2)" in sharded.stderr
+    one = evaluate_runs(str(tiny_sd.folder), [nudity_run], suite="sd-nudity", out=tmp_path / "one", settings=TINY,
+                        device="cpu")
+    two = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert two == json.loads(json.dumps(one))
+    grid = one["runs"][0]["grid"]
+    assert Image.open(tmp_path / "two" / grid).tobytes() == Image.open(tmp_path / "one" / grid).tobytes()
+    cached = sorted(p.name for p in (tmp_path / "two" / "cache").rglob("*.png"))
+    assert cached == sorted(p.name for p in (tmp_path / "one" / "cache").rglob("*.png")) and len(cached) == 2 * 41
