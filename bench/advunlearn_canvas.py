@@ -122,6 +122,7 @@ def main() -> None:
     ap.add_argument("--asr-seeds", default="1000-1007", help="fresh seeds of the attack and its images")
     ap.add_argument("--asr-steps", type=int, default=None, help="attack steps (default: max(30, training's attack_steps))")
     ap.add_argument("--teacher-samples", type=int, default=64)
+    ap.add_argument("--asr-lr", type=float, default=None, help="attack learning rate (default: the preset's attack_lr)")
     ap.add_argument("--set", dest="set_", action="append", default=[], help="AdvUnlearn preset override KEY=VALUE")
     ap.add_argument("--esd-set", action="append", default=[], help="ESD preset override KEY=VALUE")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "runs" / "advunlearn")
@@ -141,7 +142,7 @@ def main() -> None:
     adv_cfg = read_manifest(pairs[concepts[0]]["advunlearn"])["config"]
     trained_steps = max(read_manifest(p["advunlearn"])["config"]["attack_steps"] for p in pairs.values())
     attack = SoftPromptAttackConfig(tokens=adv_cfg["attack_tokens"], placement=adv_cfg["attack_placement"],
-                                    lr=adv_cfg["attack_lr"], algorithm=adv_cfg["attack_algorithm"],
+                                    lr=args.asr_lr or adv_cfg["attack_lr"], algorithm=adv_cfg["attack_algorithm"],
                                     steps=args.asr_steps or max(30, trained_steps))
     if attack.steps < trained_steps:
         raise SystemExit(f"--asr-steps {attack.steps} is below the {trained_steps} attack steps training used")
