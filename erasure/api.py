@@ -69,13 +69,15 @@ def parse_assignments(items: list[str], label: str = "--set") -> dict:
 
     import yaml
 
+    from erasure.methods.base import load_yaml
+
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key.strip()):
             raise ErasureInputError(f"{label} {item!r}: expected KEY=VALUE")
         try:
-            out[key.strip()] = yaml.safe_load(value) if value.strip() else None
+            out[key.strip()] = load_yaml(value) if value.strip() else None
         except yaml.YAMLError:
             raise ErasureInputError(f"{label} {item!r}: unreadable value") from None
     return out

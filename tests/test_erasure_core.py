@@ -237,3 +237,15 @@ def test_parameter_selection_and_frozen_copy(tiny_sd_loaded):
     assert torch.equal(param, original + 1.0)
     frozen.restore()
     assert torch.equal(param, original) and not frozen.changed()
+
+
+def test_exponent_floats_without_a_dot_are_numbers():
+    # YAML 1.1 (PyYAML) reads "1e-3" as a string; configs and --set must read it as the number people mean.
+    from erasure.api import parse_assignments
+    from erasure.methods import get_method
+    from erasure.methods.base import load_yaml
+
+    assert parse_assignments(["lr=1e-3", "seed=3", "name=1e3x"]) == {"lr": 1e-3, "seed": 3, "name": "1e3x"}
+    assert load_yaml("lr: -2E+4\nsteps: 10\nlrs: [1e-2, 0.5]") == {"lr": -2e4, "steps": 10, "lrs": [1e-2, 0.5]}
+    config = get_method("esd").config_class.from_yaml("lr: 1e-5\nsteps: 7\n")
+    assert (config.lr, config.steps) == (1e-5, 7)

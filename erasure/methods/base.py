@@ -97,7 +97,7 @@ class MethodConfig:
         import yaml
 
         try:
-            data = yaml.safe_load(text)
+            data = load_yaml(text)
         except yaml.YAMLError as exc:
             raise ErasureInputError(f"malformed YAML config: {' '.join(str(exc).split())}") from None
         return cls.from_dict(_mapping(data))
@@ -106,6 +106,23 @@ class MethodConfig:
     def load(cls, path: str | os.PathLike) -> "MethodConfig":
         """Read a ``.json``, ``.yaml`` or ``.yml`` config file."""
         return cls.from_dict(read_config_file(path))
+
+
+def load_yaml(text: str):
+    """``yaml.safe_load``, except that exponent floats without a dot ("1e-5") are numbers.
+
+    PyYAML follows YAML 1.1, where "1e-5" is a string; people write learning rates that way (and
+    YAML 1.2, JSON and Python read them as numbers), so configs and ``--set`` accept them."""
+    import re
+
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$"),
+                                 list("-+0123456789"))
+    return yaml.load(text, Loader=Loader)  # noqa: S506 (a SafeLoader subclass)
 
 
 def read_config_file(path: str | os.PathLike) -> dict:
@@ -120,7 +137,7 @@ def read_config_file(path: str | os.PathLike) -> dict:
         raise ErasureInputError(f"{p}: unsupported config type {suffix or '(none)'!r}; use .yaml, .yml or .json")
     text = p.read_text(encoding="utf-8")
     try:
-        data = json.loads(text) if suffix == ".json" else yaml.safe_load(text)
+        data = json.loads(text) if suffix == ".json" else load_yaml(text)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
         raise ErasureInputError(f"{p}: malformed {suffix[1:].upper()}: {' '.join(str(exc).split())}") from None
     return _mapping(data, p)
