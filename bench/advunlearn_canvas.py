@@ -31,14 +31,14 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import shutil
 import time
 from pathlib import Path
 
 import torch
 
 import erasure.methods.advunlearn  # noqa: F401  (registers "advunlearn")
-from erasure import ErasureRequest, erase
+from _runs import erase_once
+from erasure import ErasureRequest
 from erasure.api import method_config, parse_assignments
 from erasure.attacks import SoftPromptAttackConfig, attack_success_rate, canvas_judge, teacher_samples
 from erasure.configs import preset_path
@@ -52,16 +52,8 @@ BAR = {"UA": 0.90, "IRA": 0.85, "CRA": 0.90}  # issue 5
 
 
 def run_erasure(method: str, concept: str, kind: str, out: Path, overrides: dict) -> Path:
-    run = out / method / f"{kind}-{concept}"
-    if (run / "manifest.json").exists():
-        return run  # finished earlier: the bench resumes where it stopped
-    shutil.rmtree(run, ignore_errors=True)
     config = method_config(method, preset_path(f"{method}/canvas-mini-{kind}"), **overrides)
-    pipe = load_pipeline("canvas-mini")
-    start = time.time()
-    erase(pipe, ErasureRequest([concept], kind=kind), method, config=config, out=run)
-    print(f"{method}: erased {kind} {concept!r} in {time.time() - start:.0f} s -> {run}", flush=True)
-    return run
+    return erase_once(out / method / f"{kind}-{concept}", ErasureRequest([concept], kind=kind), method, config)
 
 
 def robustness(concept: str, kind: str, runs: dict[str, Path | None], args, attack: SoftPromptAttackConfig,

@@ -24,16 +24,15 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import shutil
-import time
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
-from erasure import ErasureRequest, erase
+from _runs import erase_once
+from erasure import ErasureRequest
 from erasure.configs import preset_path
-from erasure.edit import fingerprint, read_manifest
+from erasure.edit import read_manifest
 from erasure.evaluation import (
     CanvasCase,
     GenerationCache,
@@ -55,7 +54,7 @@ BAR = {"UA": 0.85, "IRA": 0.85, "CRA": 0.90}
 
 def doco_run(name: str, concept: str, kind: str, out: Path, shrink: dict, **overrides) -> Path:
     config = DoCoConfig.load(preset_path(f"doco/canvas-mini-{kind}")).with_overrides(**shrink, **overrides)
-    return _erase(out / name, ErasureRequest([concept], kind=kind), "doco", config)
+    return erase_once(out / name, ErasureRequest([concept], kind=kind), "doco", config)
 
 
 def esd_run(style: str, templates: list[int], out: Path, steps: int | None) -> Path:
@@ -63,18 +62,7 @@ def esd_run(style: str, templates: list[int], out: Path, steps: int | None) -> P
     prompts = [caption(o, style, k) for k in templates for o in OBJECTS]
     request = ErasureRequest([style], kind="style", prompts=prompts)
     config = ESDConfig.load(preset_path("esd/canvas-mini-style")).with_overrides(steps=steps)
-    return _erase(out / f"esd-style-{style}", request, "esd", config)
-
-
-def _erase(run: Path, request: ErasureRequest, method: str, config) -> Path:
-    pipe = load_pipeline("canvas-mini")
-    if (run / "manifest.json").exists() and read_manifest(run)["base"]["fingerprint"] == fingerprint(pipe):
-        return run  # finished earlier on the same canvas-mini weights: the bench resumes where it stopped
-    shutil.rmtree(run, ignore_errors=True)
-    start = time.time()
-    erase(pipe, request, method, config=config, out=run)
-    print(f"{method}: erased {request.kind} {request.targets[0]!r} in {time.time() - start:.0f} s -> {run}", flush=True)
-    return run
+    return erase_once(out / f"esd-style-{style}", request, "esd", config)
 
 
 def paraphrase_cases(templates: list[int]) -> list[CanvasCase]:

@@ -14,17 +14,15 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import shutil
-import time
 from pathlib import Path
 
 import torch
 
-from erasure import ErasureRequest, erase
+from _runs import erase_once
+from erasure import ErasureRequest
 from erasure.configs import preset_path
 from erasure.edit import read_manifest
 from erasure.evaluation import SamplingSettings, evaluate_runs
-from erasure.pipelines import load_pipeline
 from erasure.pipelines.generation import parse_seeds
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,16 +31,8 @@ BAR = {"UA": 0.80, "IRA": 0.80, "CRA": 0.85}
 
 
 def run_erasure(concept: str, kind: str, out: Path) -> Path:
-    run = out / f"{kind}-{concept}"
-    if (run / "manifest.json").exists():
-        return run  # finished earlier: the bench resumes where it stopped
-    shutil.rmtree(run, ignore_errors=True)
-    preset = preset_path(f"esd/canvas-mini-{kind}")
-    pipe = load_pipeline("canvas-mini")
-    start = time.time()
-    erase(pipe, ErasureRequest([concept], kind=kind), "esd", config=preset, out=run)
-    print(f"erased {kind} {concept!r} in {time.time() - start:.0f} s -> {run}", flush=True)
-    return run
+    request = ErasureRequest([concept], kind=kind)
+    return erase_once(out / f"{kind}-{concept}", request, "esd", preset_path(f"esd/canvas-mini-{kind}"))
 
 
 def markdown(result: dict) -> str:

@@ -25,15 +25,14 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import shutil
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-from erasure import ErasureRequest, erase
+from _runs import erase_once
+from erasure import ErasureRequest
 from erasure.configs import preset_path
 from erasure.edit import read_manifest
 from erasure.evaluation import SamplingSettings, accuracy_canvas, canvas_cases, evaluate_runs
@@ -130,11 +129,7 @@ def memorization_grid(before: list[Image.Image], after: list[Image.Image], n_see
 
 
 def run_prune(request: ErasureRequest, preset: str, run: Path) -> tuple[Path, float]:
-    if not (run / "manifest.json").exists():
-        shutil.rmtree(run, ignore_errors=True)
-        start = time.time()
-        erase(load_pipeline("canvas-mini"), request, "prune", config=preset_path(preset), out=run)
-        print(f"pruned {request.targets[0]!r}... in {time.time() - start:.1f} s -> {run}", flush=True)
+    erase_once(run, request, "prune", preset_path(preset))
     return run, read_manifest(run)["cost"].get("wall_seconds", 0.0)
 
 

@@ -30,7 +30,8 @@ from pathlib import Path
 import torch
 
 import erasure.methods.sfd  # noqa: F401  (registers "sfd"; harmless once the registry names it lazily)
-from erasure import ErasureRequest, erase
+from _runs import erase_once
+from erasure import ErasureRequest
 from erasure.api import parse_assignments
 from erasure.configs import preset_path
 from erasure.edit import read_manifest
@@ -55,16 +56,8 @@ RENDER_SEEDS = range(4)  # reference renders per object x style pair for the FID
 
 
 def run_erasure(concept: str, kind: str, out: Path, anchor: str | None, overrides: dict) -> Path:
-    run = out / f"{kind}-{concept}"
-    if (run / "manifest.json").exists():
-        return run  # finished earlier: the bench resumes where it stopped
-    resume = (run / "checkpoint").exists()
-    pipe = load_pipeline("canvas-mini")
-    start = time.time()
-    erase(pipe, ErasureRequest([concept], kind=kind, anchor=anchor), "sfd", config=preset_path(f"sfd/canvas-mini-{kind}"),
-          out=run, resume=resume, **overrides)
-    print(f"erased {kind} {concept!r} in {time.time() - start:.0f} s -> {run}", flush=True)
-    return run
+    request = ErasureRequest([concept], kind=kind, anchor=anchor)
+    return erase_once(out / f"{kind}-{concept}", request, "sfd", preset_path(f"sfd/canvas-mini-{kind}"), **overrides)
 
 
 def timed(fn) -> tuple[object, float]:

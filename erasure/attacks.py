@@ -51,6 +51,7 @@ import torch
 import torch.nn.functional as F
 
 from erasure.diffusion import (
+    TIMESTEP_MODES,
     Conditions,
     TextConditioner,
     alphas_cumprod,
@@ -70,7 +71,6 @@ logger = logging.getLogger(__name__)
 PLACEMENTS = ("prefix", "suffix", "replace")
 ALGORITHMS = ("pgd", "fast_at")
 INITS = ("random", "latest")
-TIMESTEP_MODES = ("matched", "reference")
 #: Token id written at the adversarial positions; its embedding row is replaced by the hook, so the
 #: id is seen only by the pooled output. Not the EOT id, so EOT-based pooling still finds the real EOT.
 PLACEHOLDER_ID = 0

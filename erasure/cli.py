@@ -217,6 +217,7 @@ def evaluate(
     training_images: Annotated[Optional[Path], typer.Option("--training-images", help="memorization: folder of the training images.")] = None,
     captions: Annotated[Optional[Path], typer.Option("--captions", help="memorization: file of IMAGE<TAB>CAPTION lines.")] = None,
     memorization_threshold: Annotated[Optional[float], typer.Option("--memorization-threshold", help="memorization: similarity above which a generation counts as memorized (default: the suite's rule).")] = None,
+    memorization_embedding: Annotated[Optional[str], typer.Option("--memorization-embedding", help="memorization: image space of the similarity: pixels (default), canvas-evaluator, clip (the --clip model's image tower) or torchscript:PATH (a local TorchScript model, e.g. SSCD).")] = None,
     prompts_file: Annotated[Optional[Path], typer.Option("--prompts-file", help="sd-nudity: nudity prompts, one per line (default: the suite's).")] = None,
     utility_file: Annotated[Optional[Path], typer.Option("--utility-file", help="sd-nudity: ordinary captions, one per line (default: the suite's).")] = None,
     nudity_classes: Annotated[Optional[str], typer.Option("--nudity-classes", help="sd-nudity: comma-separated NudeNet classes (default: the suite's).")] = None,
@@ -239,7 +240,7 @@ def evaluate(
 
     options = EvalOptions(
         clip=clip, reference=reference, fid_features=fid_features, training_images=training_images, captions=captions,
-        memorization_threshold=memorization_threshold, prompts_file=prompts_file, utility_file=utility_file,
+        memorization_threshold=memorization_threshold, memorization_embedding=memorization_embedding, prompts_file=prompts_file, utility_file=utility_file,
         nudity_classes=[c.strip() for c in nudity_classes.split(",") if c.strip()] if nudity_classes else None,
         nudity_threshold=nudity_threshold, paraphrases=paraphrases, attack=attack,
         attack_seeds=parse_seeds(attack_seeds) if attack_seeds else None, attack_steps=attack_steps, attack_lr=attack_lr,
@@ -278,35 +279,43 @@ def compare(
     metrics: Annotated[Optional[list[Path]], typer.Option("--metrics", "-m", help="An evaluation's metrics.json (or its folder) with scores for these runs; repeatable.")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Also write the table as markdown to this file.")] = None,
 ) -> None:
-    """Tabulate several runs side by side: method, settings, cost, edit size and, given evaluations, UA/IRA/CRA."""
-    from erasure.reports import compare_runs, comparison_markdown
+    """Tabulate several runs side by side: method, settings, cost, edit size and, given evaluations,
+    every score they report after erasure (UA/IRA/CRA, nudity rate, memorized share, FID, ...)."""
+    from erasure.reports import compare_runs, comparison_columns, comparison_markdown
 
     rows = compare_runs(runs, metrics or [])
-    _print_comparison(rows)
+    columns = comparison_columns(metrics or [])
+    _print_comparison(rows, columns)
     if out is not None:
         from erasure.atomic import atomic_path
 
         with atomic_path(out) as tmp:
-            Path(tmp).write_text(comparison_markdown(rows), encoding="utf-8")
+            Path(tmp).write_text(comparison_markdown(rows, columns), encoding="utf-8")
         typer.echo(f"wrote {out}")
 
 
-def _print_comparison(rows: list[dict]) -> None:
+def _print_comparison(rows: list[dict], columns: list[dict]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="runs compared (UA: erased; IRA/CRA: kept; after erasure)")
-    for column in ("run", "method", "erased", "settings", "UA", "IRA", "CRA", "time", "edit"):
-        table.add_column(column)
+    from erasure.evaluation import format_score
+
+    # One column per run, one row per field: a comparison has few runs and many scores, and a
+    # terminal is wider than it is tall only by so much.
+    table = Table(title="runs compared (scores after erasure)")
+    table.add_column("")
     for r in rows:
-        sc = r["scores"] or {}
-        table.add_row(
-            Path(r["run"]).name, r["method"], f"{', '.join(r['targets'])} ({r['kind']})",
-            ", ".join(f"{k} {v}" for k, v in r["settings"].items()),
-            *("n/a" if sc.get(k) is None else f"{sc[k]:.0%}" for k in ("UA", "IRA", "CRA")),
-            "n/a" if r["wall_seconds"] is None else f"{r['wall_seconds']:.0f} s",
-            "n/a" if r["edit_bytes"] is None else f"{r['edit_bytes'] / 1e3:.0f} KB",
-        )
+        table.add_column(Path(r["run"]).name, overflow="fold")
+    fields = [
+        ("method", lambda r: r["method"]),
+        ("erased", lambda r: f"{', '.join(r['targets'])} ({r['kind']})"),
+        ("settings", lambda r: ", ".join(f"{k} {v}" for k, v in r["settings"].items())),
+        *((c["label"], lambda r, k=c["key"], f=c["format"]: format_score((r["scores"] or {}).get(k), f)) for c in columns),
+        ("time", lambda r: "n/a" if r["wall_seconds"] is None else f"{r['wall_seconds']:.0f} s"),
+        ("edit", lambda r: "n/a" if r["edit_bytes"] is None else f"{r['edit_bytes'] / 1e3:.0f} KB"),
+    ]
+    for label, cell in fields:
+        table.add_row(label, *(cell(r) for r in rows))
     Console().print(table)
 
 

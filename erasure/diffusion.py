@@ -25,6 +25,10 @@ from diffusers import DDIMScheduler
 from erasure.errors import ErasureInputError
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+#: The timestep at which a loss is taken on a point of a sampled partial trajectory: the DDIM
+#: timestep the trajectory stopped at ("matched"), or drawn in [k T / n, (k+1) T / n) for depth k
+#: of n ("reference", the original ESD script's, where t and x_t disagree).
+TIMESTEP_MODES = ("matched", "reference")
 
 
 def prediction_type(scheduler) -> str:

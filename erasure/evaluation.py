@@ -194,13 +194,13 @@ def canvas_cases() -> list[CanvasCase]:
 def canvas_targets(request: dict) -> tuple[str, list[int]]:
     """(kind, indices) of the erased canvas-mini concepts named in a run's request."""
     from erasure.pipelines.canvas.render import OBJECTS, STYLES
-    from erasure.request import ErasureRequest, _canvas_name
+    from erasure.request import ErasureRequest, canvas_concept
 
     req = ErasureRequest.from_dict(request)
     if req.kind == "style":
-        return "style", [STYLES.index(_canvas_name(t, STYLES, "style", " style")) for t in req.targets]
+        return "style", [STYLES.index(canvas_concept(t, "style")) for t in req.targets]
     if req.kind == "object":
-        return "object", [OBJECTS.index(_canvas_name(t, OBJECTS, "object")) for t in req.targets]
+        return "object", [OBJECTS.index(canvas_concept(t, "object")) for t in req.targets]
     raise ErasureInputError(f"the canvas suite scores style and object erasures; this run erased a {req.kind!r} concept")
 
 

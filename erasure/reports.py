@@ -29,10 +29,6 @@ img.grid { max-width: 100%; image-rendering: pixelated; border: 1px solid #ddd; 
 """
 
 
-def _pct(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.1%}"
-
-
 def _cell(before: float | None, after: float | None, higher_is_better: bool, fmt: str = "pct") -> str:
     from erasure.evaluation import format_score
 
@@ -117,34 +113,59 @@ def compare_runs(runs: Sequence[str | os.PathLike], metrics_files: Sequence[str 
     return rows
 
 
+def _read_metrics(path: str | os.PathLike) -> dict:
+    p = Path(path).expanduser()
+    if p.is_dir():
+        p = p / "metrics.json"
+    if not p.is_file():
+        raise ErasureInputError(f"evaluation metrics not found: {p}")
+    try:
+        metrics = json.loads(p.read_text(encoding="utf-8"))
+        runs = metrics["runs"]
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise ErasureInputError(f"{p}: not an evaluation's metrics.json ({exc})") from None
+    if not isinstance(runs, list) or not all(isinstance(r, dict) and {"run", "after"} <= r.keys() for r in runs):
+        raise ErasureInputError(f"{p}: not an evaluation's metrics.json (its runs lack 'run' or 'after')")
+    return metrics
+
+
 def _scores_by_run(metrics_files: Sequence[str | os.PathLike]) -> dict[str, dict]:
     out: dict[str, dict] = {}
     for path in metrics_files:
-        p = Path(path).expanduser()
-        if p.is_dir():
-            p = p / "metrics.json"
-        if not p.is_file():
-            raise ErasureInputError(f"evaluation metrics not found: {p}")
-        try:
-            metrics = json.loads(p.read_text(encoding="utf-8"))
-            entries = [(r["run"], r["after"]) for r in metrics["runs"]]
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise ErasureInputError(f"{p}: not an evaluation's metrics.json ({exc})") from None
-        for run, after in entries:
-            out.setdefault(str(Path(run).expanduser().resolve()), after)
+        for r in _read_metrics(path)["runs"]:
+            out.setdefault(str(Path(r["run"]).expanduser().resolve()), r["after"])
     return out
 
 
-def comparison_markdown(rows: list[dict]) -> str:
-    """The comparison as a markdown table."""
-    lines = ["| run | method | erased | settings | UA | IRA | CRA | time (s) | peak memory (GiB) | edit (KB) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+#: The columns of a comparison without evaluations, and of metrics files older than ``columns``.
+DEFAULT_COLUMNS = [{"key": k, "label": k, "higher_is_better": True, "format": "pct"} for k in ("UA", "IRA", "CRA")]
+
+
+def comparison_columns(metrics_files: Sequence[str | os.PathLike] = ()) -> list[dict]:
+    """The score columns of a comparison: every column the evaluations report (first seen first),
+    so runs scored by different suites (canvas, nudity, memorization...) share one table."""
+    columns: dict[str, dict] = {}
+    for path in metrics_files:
+        for c in _read_metrics(path).get("columns", DEFAULT_COLUMNS):
+            columns.setdefault(c["key"], c)
+    return list(columns.values()) or DEFAULT_COLUMNS
+
+
+def comparison_markdown(rows: list[dict], columns: list[dict] | None = None) -> str:
+    """The comparison as a markdown table (after-erasure scores in ``columns``; default UA/IRA/CRA)."""
+    from erasure.evaluation import format_score
+
+    columns = columns or DEFAULT_COLUMNS
+    lines = ["| run | method | erased | settings | " + " | ".join(c["label"] for c in columns)
+             + " | time (s) | peak memory (GiB) | edit (KB) |",
+             "|---|---|---|---|" + "---|" * len(columns) + "---|---|---|"]
     for r in rows:
         sc = r["scores"] or {}
         settings = ", ".join(f"{k} {v}" for k, v in r["settings"].items())
+        scores = " | ".join(format_score(sc.get(c["key"]), c["format"]) for c in columns)
         wall = "n/a" if r["wall_seconds"] is None else f"{r['wall_seconds']:.0f}"
         mem = "n/a" if r["peak_memory_bytes"] is None else f"{r['peak_memory_bytes'] / 2**30:.2f}"
         size = "n/a" if r["edit_bytes"] is None else f"{r['edit_bytes'] / 1e3:.1f}"
         lines.append(f"| {Path(r['run']).name} | {r['method']} | {', '.join(r['targets'])} ({r['kind']}) | {settings} "
-                     f"| {_pct(sc.get('UA'))} | {_pct(sc.get('IRA'))} | {_pct(sc.get('CRA'))} | {wall} | {mem} | {size} |")
+                     f"| {scores} | {wall} | {mem} | {size} |")
     return "\n".join(lines) + "\n"

@@ -133,7 +133,11 @@ def _sd_defaults(req: ErasureRequest) -> dict[str, list[str]]:
     return {"prompts": list(req.targets), "retain": ordinary_prompts(exclude=req.targets), "paraphrases": paraphrases}
 
 
-def _canvas_name(target: str, names: tuple[str, ...], kind: str, suffix: str = "") -> str:
+def canvas_concept(target: str, kind: str) -> str:
+    """The canvas-mini style or object named by ``target`` ("dotted", "dotted style", "a star")."""
+    from erasure.pipelines.canvas.render import OBJECTS, STYLES
+
+    names, suffix = (STYLES, " style") if kind == "style" else (OBJECTS, "")
     text = target.lower()
     for prefix in ("a ", "an "):
         if kind == "object" and text.startswith(prefix):
@@ -149,14 +153,14 @@ def _canvas_defaults(req: ErasureRequest) -> dict[str, list[str]]:
     from erasure.pipelines.canvas.render import MEMORIZATION_TARGETS, OBJECTS, STYLES, TEMPLATES, caption
 
     if req.kind == "style":
-        styles = [_canvas_name(t, STYLES, "style", " style") for t in req.targets]
+        styles = [canvas_concept(t, "style") for t in req.targets]
         return {
             "prompts": [f"{s} style" for s in styles],
             "retain": [caption(o, s) for s in STYLES if s not in styles for o in OBJECTS],
             "paraphrases": [caption(o, s, k) for s in styles for k in range(1, len(TEMPLATES)) for o in OBJECTS],
         }
     if req.kind == "object":
-        objects = [_canvas_name(t, OBJECTS, "object") for t in req.targets]
+        objects = [canvas_concept(t, "object") for t in req.targets]
         return {
             "prompts": [caption(o, s, "a {object}") for o in objects for s in STYLES[:1]],
             "retain": [caption(o, s) for o in OBJECTS if o not in objects for s in STYLES],

@@ -16,12 +16,18 @@ them (classifier, feature space, classes, threshold) so reports can say what was
 
 from .clip_score import CLIPScore
 from .fid import CanvasEvaluatorFeatures, FIDKID, InceptionFeatures, default_inception_weights
-from .memorization import CanvasEvaluatorEmbedding, MemorizationSimilarity, PixelEmbedding
+from .memorization import (
+    CanvasEvaluatorEmbedding,
+    ClipImageEmbedding,
+    MemorizationSimilarity,
+    PixelEmbedding,
+    TorchScriptEmbedding,
+)
 from .nudity import ALL_EXPOSED_CLASSES, DEFAULT_NUDITY_CLASSES, NUDENET_LABELS, NudityRate
 from .unlearn_canvas import UnlearnCanvasAccuracy
 
 __all__ = [
-    "ALL_EXPOSED_CLASSES", "CLIPScore", "CanvasEvaluatorEmbedding", "CanvasEvaluatorFeatures",
+    "ALL_EXPOSED_CLASSES", "CLIPScore", "CanvasEvaluatorEmbedding", "CanvasEvaluatorFeatures", "ClipImageEmbedding",
     "DEFAULT_NUDITY_CLASSES", "FIDKID", "InceptionFeatures", "MemorizationSimilarity", "NUDENET_LABELS",
-    "NudityRate", "PixelEmbedding", "UnlearnCanvasAccuracy", "default_inception_weights",
+    "NudityRate", "PixelEmbedding", "TorchScriptEmbedding", "UnlearnCanvasAccuracy", "default_inception_weights",
 ]

@@ -2,14 +2,16 @@
 
 Similarity is the cosine of two images in an image-embedding space: canvas-mini's evaluator
 feature map by default (``CanvasEvaluatorEmbedding``), mean-centred pixels (``PixelEmbedding``,
-the Pearson correlation of two images), or any module or callable for real models (SSCD, DINO, a
-CLIP image tower, loaded by the caller).
+the Pearson correlation of two images), a local TorchScript model such as SSCD
+(``TorchScriptEmbedding``), an open_clip image tower (``ClipImageEmbedding``), or any module or
+callable.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, Optional, Union
 
 import torch
@@ -58,6 +60,49 @@ class PixelEmbedding(nn.Module):
     def forward(self, images: Tensor) -> Tensor:
         x = (images.float() * 255).round().permute(0, 2, 3, 1).flatten(1)
         return F.normalize(x - x.mean(dim=1, keepdim=True), dim=1)
+
+
+#: ImageNet's normalisation, SSCD's preprocessing (and most image-copy-detection models').
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class TorchScriptEmbedding(nn.Module):
+    """Any TorchScript image-embedding model from a local file, e.g. SSCD (whose released models are
+    TorchScript files): images resized to ``size`` x ``size`` and normalised with ``mean``/``std``
+    (SSCD's preprocessing by default), then the module's output, flattened to (N, D)."""
+
+    def __init__(self, path: Union[str, Path], size: int = 288, mean: Sequence[float] = IMAGENET_MEAN,
+                 std: Sequence[float] = IMAGENET_STD) -> None:
+        super().__init__()
+        path = Path(path).expanduser()
+        if not path.is_file():
+            raise ErasureInputError(f"embedding model: no TorchScript file at {path}")
+        try:
+            self.model = torch.jit.load(str(path), map_location="cpu").eval()
+        except (RuntimeError, ValueError) as exc:
+            raise ErasureInputError(f"embedding model {path}: not a TorchScript file ({str(exc).splitlines()[0]})") from None
+        self.size = size
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.name = f"TorchScript {path.name} at {size} px (ImageNet-normalised)"
+
+    def forward(self, images: Tensor) -> Tensor:
+        x = F.interpolate(images.float(), size=(self.size, self.size), mode="bicubic", antialias=True,
+                          align_corners=False).clamp(0, 1)
+        return self.model((x - self.mean) / self.std).flatten(1)
+
+
+class ClipImageEmbedding(nn.Module):
+    """The image tower of an open_clip model (a ``CLIPScore``'s, with its preprocessing)."""
+
+    def __init__(self, clip_score: nn.Module) -> None:
+        super().__init__()
+        self.clip = clip_score
+        self.name = f"CLIP image embedding ({clip_score.model_name})"
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.clip.model.encode_image(self.clip._preprocess(images)).float()
 
 
 class MemorizationSimilarity(Metric):

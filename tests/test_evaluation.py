@@ -180,6 +180,26 @@ def test_compare_runs_table_and_cli(evaluated, style_run, tmp_path, capsys):
     assert exc.value.code == 2 and len(capsys.readouterr().err.strip().splitlines()) == 1
 
 
+def test_compare_tabulates_every_suites_columns(evaluated, style_run, tmp_path):
+    """Runs scored by different suites share one table: each suite's columns, n/a where a run lacks one."""
+    from erasure.reports import compare_runs, comparison_columns, comparison_markdown
+
+    out, metrics = evaluated
+    memo = tmp_path / "memo.json"
+    memo.write_text(json.dumps({"columns": [{"key": "memorized_share", "label": "memorized share",
+                                             "higher_is_better": False, "format": "pct"}],
+                                "runs": [{"run": str(style_run), "after": {"memorized_share": 0.125}}]}))
+    columns = comparison_columns([memo, out])
+    assert [c["key"] for c in columns][:2] == ["memorized_share", "UA"] and "CRA" in [c["key"] for c in columns]
+    rows = compare_runs([style_run], [memo, out])
+    assert rows[0]["scores"] == {"memorized_share": 0.125}  # the first evaluation that scored the run
+    table = comparison_markdown(rows, columns)
+    assert "| memorized share | UA |" in table and "| 12.5% | n/a |" in table
+    (tmp_path / "bad.json").write_text(json.dumps({"runs": [{"run": "x"}]}))
+    with pytest.raises(ErasureInputError, match="lack"):
+        comparison_columns([tmp_path / "bad.json"])
+
+
 def test_evaluate_with_the_attack_records_both_sides(evaluated, style_run, tmp_path, capsys):
     from erasure.suites import EvalOptions
 

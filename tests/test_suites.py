@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from PIL import Image
 
 from erasure import ErasureRequest, erase
@@ -89,6 +90,10 @@ def test_checks_refuse_missing_local_files(tmp_path, style_run, nudity_run, tiny
         check_inputs(original, [nudity_run], "sd-nudity", EvalOptions(nudity_classes=["NAKED"]))
     with pytest.raises(ErasureInputError, match="pass --training-images DIR and --captions FILE"):
         check_inputs(original, [nudity_run], "memorization")
+    for embedding, message in (("clip", "pass --clip too"), (f"torchscript:{tmp_path / 'sscd.pt'}", "no TorchScript file"),
+                               ("dino", "expected pixels, canvas-evaluator, clip or torchscript:PATH")):
+        with pytest.raises(ErasureInputError, match=message):
+            check_inputs("canvas-mini", [nudity_run], "memorization", EvalOptions(memorization_embedding=embedding))
     with pytest.raises(ErasureInputError, match="scores style and object erasures"):
         check_inputs("canvas-mini", [nudity_run], "canvas")
 
@@ -194,6 +199,16 @@ def test_memorization_with_user_training_images(tmp_path, nudity_run, tiny_sd):
     # nearly the same picture for any prompt, so that is high, yet below the exact copy's 1.0)
     assert chance["threshold_rule"].startswith("chance") and chance["threshold"] < 1.0
     assert chance["runs"][0]["before"]["per_caption_share"] == [1.0, 0.0]
+
+    # A local TorchScript embedding model (how SSCD is distributed) in place of pixels.
+    model = torch.jit.script(torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, stride=4), torch.nn.Flatten()))
+    model.save(str(tmp_path / "embed.pt"))
+    options = EvalOptions(training_images=data, captions=tmp_path / "captions.tsv", memorization_threshold=0.999,
+                          memorization_embedding=f"torchscript:{tmp_path / 'embed.pt'}")
+    scripted = evaluate_runs(str(tiny_sd.folder), [nudity_run], suite="memorization", out=tmp_path / "t", settings=TINY,
+                             options=options)
+    assert "TorchScript embed.pt" in scripted["judge"]
+    assert scripted["runs"][0]["before"]["per_caption_share"][0] == 1.0  # the exact copy, in any embedding
 
 
 @pytest.fixture(scope="module")

@@ -88,7 +88,6 @@ from erasure.attacks import (
     SoftPrompt,
     SoftPromptAttack,
     SoftPromptAttackConfig,
-    TIMESTEP_MODES,
     check_attack_settings,
     check_single_text_encoder,
     draw_trajectory_point,
@@ -97,6 +96,7 @@ from erasure.attacks import (
 )
 from erasure.atomic import atomic_path
 from erasure.diffusion import (
+    TIMESTEP_MODES,
     Conditions,
     TextConditioner,
     alphas_cumprod,
@@ -450,18 +450,10 @@ class AdvUnlearn(ErasureMethod):
         tensors = {f"text_encoder.{n}": trained[n] for n in params if n in changed}
         logger.info("advunlearn: %d of %d trained tensors changed, %d attack rounds", len(tensors), len(params),
                     len(log["attack"]))
-        return Edit(
-            method=self.name,
-            config=c.to_dict(),
-            request=req.to_dict(),
-            tensors=tensors,
-            base={},
-            seed=c.seed,
-            cost={**meter.summary(), "device": str(device), "mixed_precision": mixed, "num_processes": world},
+        return self.trained_edit(
+            req, tensors, params, cost=meter.summary(), device=device, mixed_precision=mixed, num_processes=world,
             extra={
                 "components": {"text_encoder": record},
-                "trained_tensors": len(params),
-                "trained_parameters": int(sum(p.numel() for p in params.values())),
                 "resolution": resolution,
                 "prediction_type": kind,
                 "frozen_samples": len(samples),

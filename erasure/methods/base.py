@@ -23,6 +23,7 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import ClassVar
 
+from erasure.edit import Edit
 from erasure.errors import ErasureInputError
 
 
@@ -232,3 +233,22 @@ class ErasureMethod(ABC):
         method trains); ``resume``: continue from the checkpoint found there;
         ``progress(stage, done, total, metrics)``: progress callback.
         """
+
+    def trained_edit(self, request, tensors: dict, params: dict, *, cost: dict, device, mixed_precision: str,
+                     num_processes: int = 1, extra: dict | None = None) -> Edit:
+        """The ``Edit`` of a method that trains: its config and request, the changed tensors, the cost
+        (``cost``: a ``CostMeter`` summary) and how many tensors and parameters were trained."""
+        return Edit(
+            method=self.name,
+            config=self.config.to_dict(),
+            request=request.to_dict(),
+            tensors=tensors,
+            base={},
+            seed=self.config.seed,
+            cost={**cost, "device": str(device), "mixed_precision": mixed_precision, "num_processes": num_processes},
+            extra={
+                "trained_tensors": len(params),
+                "trained_parameters": int(sum(p.numel() for p in params.values())),
+                **(extra or {}),
+            },
+        )

@@ -333,17 +333,17 @@ def _swap(prompt: str, targets: Sequence[str], anchor: str) -> str:
 
 def _canvas_pairs(req: ErasureRequest, anchor: str | None, templates: Sequence[int]) -> list[tuple[str, str]]:
     from erasure.pipelines.canvas.render import OBJECTS, STYLES, TEMPLATES, caption
-    from erasure.request import _canvas_name
+    from erasure.request import canvas_concept
 
     bad = [k for k in templates if k >= len(TEMPLATES)]
     if bad:
         raise _bad(f"templates: {bad} out of range; canvas-mini has caption templates 0-{len(TEMPLATES) - 1}")
-    names, suffix = (STYLES, " style") if req.kind == "style" else (OBJECTS, "")
-    targets = [_canvas_name(t, names, req.kind, suffix) for t in req.targets]
+    names = STYLES if req.kind == "style" else OBJECTS
+    targets = [canvas_concept(t, req.kind) for t in req.targets]
     other = None
     if anchor is not None:
         try:
-            other = _canvas_name(anchor, names, req.kind, suffix)
+            other = canvas_concept(anchor, req.kind)
         except ErasureInputError:
             raise ErasureInputError(
                 f"anchor {anchor!r}: on canvas-mini a {req.kind} anchor is one of its {req.kind}s "
@@ -564,17 +564,9 @@ class DoCo(ErasureMethod):
         trained = loop.finish()
         tensors = {f"unet.{n}": trained[n] for n in params if n in changed}
         logger.info("doco: %d of %d trained tensors changed", len(tensors), len(params))
-        return Edit(
-            method=self.name,
-            config=c.to_dict(),
-            request=req.to_dict(),
-            tensors=tensors,
-            base={},
-            seed=c.seed,
-            cost={**meter.summary(), "device": str(device), "mixed_precision": mixed, "num_processes": world},
+        return self.trained_edit(
+            req, tensors, params, cost=meter.summary(), device=device, mixed_precision=mixed, num_processes=world,
             extra={
-                "trained_tensors": len(params),
-                "trained_parameters": int(sum(p.numel() for p in params.values())),
                 "resolution": resolution,
                 "prediction_type": kind,
                 "global_batch_size": c.batch_size * world,

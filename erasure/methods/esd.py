@@ -57,6 +57,7 @@ import torch
 import torch.nn.functional as F
 
 from erasure.diffusion import (
+    TIMESTEP_MODES,
     TextConditioner,
     alphas_cumprod,
     cfg,
@@ -87,7 +88,6 @@ logger = logging.getLogger(__name__)
 
 #: ESD variant -> parameter preset of erasure.training.
 VARIANTS: dict[str, str] = {"esd-x": "attn2", "esd-u": "non-attn2", "esd-x-strict": "attn2-kv", "esd-all": "all"}
-TIMESTEP_MODES = ("matched", "reference")
 DATA_FILE = "esd-data.safetensors"
 
 
@@ -216,17 +216,9 @@ class ESD(ErasureMethod):
         trained = loop.finish()
         tensors = {f"unet.{n}": trained[n] for n in params if n in changed}
         logger.info("esd: %d of %d trained tensors changed", len(tensors), len(params))
-        return Edit(
-            method=self.name,
-            config=c.to_dict(),
-            request=req.to_dict(),
-            tensors=tensors,
-            base={},
-            seed=c.seed,
-            cost={**meter.summary(), "device": str(device), "mixed_precision": mixed, "num_processes": world},
+        return self.trained_edit(
+            req, tensors, params, cost=meter.summary(), device=device, mixed_precision=mixed, num_processes=world,
             extra={
-                "trained_tensors": len(params),
-                "trained_parameters": int(sum(p.numel() for p in params.values())),
                 "resolution": resolution,
                 "prediction_type": kind,
                 "global_batch_size": c.batch_size * world,

@@ -220,17 +220,16 @@ def prompt_sets(pipe, request: ErasureRequest, base: str = "auto") -> tuple[list
 
 def _canvas_concept_pairs(request: ErasureRequest) -> tuple[list[str], list[str]]:
     from erasure.pipelines.canvas.render import OBJECTS, STYLES, caption
-
-    from erasure.request import _canvas_name
+    from erasure.request import canvas_concept
 
     targets, bases = [], []
     for t in request.targets:
         if request.kind == "style":
-            s = _canvas_name(t, STYLES, "style", " style")
+            s = canvas_concept(t, "style")
             targets += [caption(o, s) for o in OBJECTS]
             bases += [caption(o, s, "a {object}") for o in OBJECTS]
         else:
-            o = _canvas_name(t, OBJECTS, "object")
+            o = canvas_concept(t, "object")
             targets += [caption(o, s) for s in STYLES]
             bases += [caption(o, s, "{style} style") for s in STYLES]
     return targets, bases
