@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import typer
@@ -30,16 +31,27 @@ def train(
     steps: int = typer.Option(None, help="Diffusion training steps (default: the shipped model's)."),
     seed: int = typer.Option(0, help="Seed of data, initialisation and every batch."),
     threads: int = typer.Option(0, help="Torch CPU threads (0: torch's default)."),
+    init_from: str = typer.Option(None, help="Fine-tune from 'canvas-mini' (the shipped model) or an earlier training's --out folder, instead of training from scratch."),
+    lr: float = typer.Option(None, help="UNet learning rate (default 1e-3)."),
+    text_lr: float = typer.Option(None, help="Text-encoder learning rate (default 5e-4)."),
+    min_snr_gamma: float = typer.Option(None, help="Min-SNR-gamma loss weighting (default 5; 0: none, the plain v-prediction loss)."),
     install: bool = typer.Option(False, help="Copy the result into the package as the embedded canvas-mini."),
 ) -> None:
-    """Train canvas-mini (text-to-image model and its evaluator) from scratch on the CPU."""
-    from erasure.pipelines.canvas.train import TrainSettings, install_weights, train_all
+    """Train canvas-mini (text-to-image model, evaluator, CLIP) from scratch on the CPU, or fine-tune it."""
+    from erasure.pipelines.canvas.train import DiffusionSettings, TrainSettings, init_source, install_weights, train_all
 
-    settings = TrainSettings(out=str(out), seed=seed, threads=threads)
-    if steps is not None:
-        if steps < 1:
-            raise typer.BadParameter("must be at least 1", param_hint="--steps")
-        settings.diffusion.steps = steps
+    if steps is not None and steps < 1:
+        raise typer.BadParameter("must be at least 1", param_hint="--steps")
+    for flag, value in (("--lr", lr), ("--text-lr", text_lr)):
+        if value is not None and value <= 0:
+            raise typer.BadParameter("must be positive", param_hint=flag)
+    if min_snr_gamma is not None and min_snr_gamma < 0:
+        raise typer.BadParameter("must be >= 0 (0: no weighting)", param_hint="--min-snr-gamma")
+    if init_from is not None:
+        init_source(init_from)  # a missing starting point fails now, before any work
+    chosen = {"steps": steps, "lr": lr, "text_lr": text_lr, "min_snr_gamma": min_snr_gamma}
+    diffusion = replace(DiffusionSettings(), **{k: v for k, v in chosen.items() if v is not None})
+    settings = TrainSettings(out=str(out), seed=seed, threads=threads, init_from=init_from, diffusion=diffusion)
     columns = (TextColumn("{task.description:>10}"), BarColumn(), MofNCompleteColumn(),
                TimeRemainingColumn(), TextColumn("{task.fields[info]}"))
     with Progress(*columns) as progress:

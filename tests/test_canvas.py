@@ -92,6 +92,33 @@ def test_diffusion_training_resumes_exactly(tmp_path):
 
 
 @shipped
+def test_fine_tune_starts_from_the_shipped_model_and_keeps_its_judges(tmp_path):
+    """--init-from canvas-mini: the weights start as the shipped ones (a zero learning rate keeps them),
+    the evaluator and CLIP are the shipped ones, and the record names the starting point."""
+    import json
+
+    from erasure.pipelines import load_pipeline
+    from erasure.pipelines.canvas.model import MODEL_DIR
+    from erasure.pipelines.canvas.train import TrainSettings, _min_snr_weights, train_all
+
+    s = TrainSettings(out=str(tmp_path), per_pair=1, memorization_repeats=1, clip=True, init_from="canvas-mini")
+    s.diffusion.steps, s.diffusion.batch_size, s.diffusion.warmup = 2, 2, 1
+    s.diffusion.lr = s.diffusion.text_lr = 1e-30
+    s.diffusion.min_snr_gamma = 0.0
+    model_dir = train_all(s)
+    shipped, tuned = load_pipeline("canvas-mini"), load_pipeline(str(model_dir))
+    for a, b in zip(shipped.unet.parameters(), tuned.unet.parameters()):
+        torch.testing.assert_close(a, b)
+    for name in ("evaluator/evaluator.safetensors", "clip/open_clip_model.safetensors"):
+        assert (tmp_path / name).read_bytes() == (MODEL_DIR / name).read_bytes()
+    record = json.loads((tmp_path / "training.json").read_text())
+    assert record["settings"]["init_from"] == "canvas-mini" and "settings" in record["init_from"]
+    t = torch.tensor([0, 500, 999])
+    assert torch.equal(_min_snr_weights(shipped.scheduler, t, 0.0), torch.ones(3, dtype=torch.float32))
+    assert _min_snr_weights(shipped.scheduler, t, 5.0)[2] < 0.01  # min-SNR nearly ignores the noisiest steps
+
+
+@shipped
 def test_shipped_model_loads_offline_as_a_pipeline():
     from erasure.pipelines import load_pipeline
     from erasure.pipelines.canvas.pipeline import CanvasMiniPipeline

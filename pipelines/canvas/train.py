@@ -42,7 +42,7 @@ class DiffusionSettings:
     text_lr: float = 5e-4
     warmup: int = 200
     caption_dropout: float = 0.1
-    min_snr_gamma: float = 5.0
+    min_snr_gamma: float = 5.0  # 0: no weighting (plain v-prediction loss)
     ema_decay: float = 0.999
     checkpoint_every: int = 250
 
@@ -55,6 +55,10 @@ class TrainSettings:
     memorization_repeats: int = 384  # as often as each object x style pair
     threads: int = 0  # 0: torch's default
     clip: bool = True  # also train the tiny open_clip CLIP (for CLIP score)
+    #: Fine-tune instead of training from scratch: "canvas-mini" (the shipped model) or an earlier
+    #: training's --out folder. Its text encoder and UNet are the starting point; its evaluator and
+    #: CLIP are kept (they judge the data, which a fine-tune does not change).
+    init_from: str | None = None
     diffusion: DiffusionSettings = field(default_factory=DiffusionSettings)
 
     def to_json(self) -> str:
@@ -109,7 +113,10 @@ def _target(scheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -
 
 
 def _min_snr_weights(scheduler, t: torch.Tensor, gamma: float) -> torch.Tensor:
-    """Min-SNR-gamma loss weights (Hang et al. 2023) for the scheduler's prediction type."""
+    """Min-SNR-gamma loss weights (Hang et al. 2023) for the scheduler's prediction type; all ones
+    when ``gamma`` is 0 (no weighting)."""
+    if gamma <= 0:
+        return torch.ones(t.shape, dtype=scheduler.alphas_cumprod.dtype)
     alpha_bar = scheduler.alphas_cumprod[t]
     snr = alpha_bar / (1 - alpha_bar)
     clamped = torch.clamp(snr, max=gamma)
@@ -135,6 +142,8 @@ def train_diffusion(settings: TrainSettings, data: CanvasData, progress: Progres
     d = settings.diffusion
     torch.manual_seed(settings.seed)
     pipe = build_untrained(out / "tokenizer")
+    if settings.init_from is not None:
+        _load_weights(pipe, init_source(settings.init_from)["model"])
     unet, te = pipe.unet, pipe.text_encoder
     unet.train(), te.train()
     unet.to(memory_format=torch.channels_last)  # about 1.5x faster convolutions on a CPU
@@ -182,6 +191,34 @@ def train_diffusion(settings: TrainSettings, data: CanvasData, progress: Progres
     return pipe
 
 
+def init_source(init_from: str) -> dict[str, Path]:
+    """The folders of a fine-tune's starting point: its model, evaluator, CLIP and training record."""
+    from .model import EMBEDDED_MODEL_NAME, MODEL_DIR
+
+    if init_from == EMBEDDED_MODEL_NAME:
+        paths = {"model": MODEL_DIR, "evaluator": MODEL_DIR / "evaluator", "clip": MODEL_DIR / "clip",
+                 "record": MODEL_DIR / "training.json"}
+    else:
+        root = Path(init_from).expanduser()
+        paths = {"model": root / "canvas-mini", "evaluator": root / "evaluator", "clip": root / "clip",
+                 "record": root / "training.json"}
+    if not (paths["model"] / "model_index.json").is_file():
+        from erasure.errors import ErasureInputError
+
+        raise ErasureInputError(f"--init-from {init_from}: no trained canvas-mini there (expected {paths['model']}/model_index.json)")
+    return paths
+
+
+def _load_weights(pipe, model_dir: Path) -> None:
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    unet = UNet2DConditionModel.from_pretrained(model_dir / "unet", local_files_only=True)
+    te = CLIPTextModel.from_pretrained(model_dir / "text_encoder", local_files_only=True)
+    pipe.unet.load_state_dict(unet.state_dict())
+    pipe.text_encoder.load_state_dict(te.state_dict())
+
+
 def _load_ema(pipe, ema: dict[str, torch.Tensor]) -> None:
     with torch.no_grad():
         for prefix, module in (("unet", pipe.unet), ("text_encoder", pipe.text_encoder)):
@@ -216,6 +253,11 @@ def train_all(settings: TrainSettings, progress: ProgressFn | None = None) -> Pa
     record_path = out / "training.json"
     # A resumed run keeps the wall times of the stages finished before it.
     timings: dict[str, float] = json.loads(record_path.read_text())["wall_time_s"] if record_path.exists() else {}
+    source = init_source(settings.init_from) if settings.init_from is not None else None
+    if source is not None:
+        for name in ("evaluator", "clip"):
+            if source[name].is_dir() and not (out / name).exists():
+                shutil.copytree(source[name], out / name)
     rendered = not (out / "data.npz").exists()
     start = time.time()
     data = prepare_data(settings)
@@ -248,6 +290,8 @@ def train_all(settings: TrainSettings, progress: ProgressFn | None = None) -> Pa
         timings["diffusion_s"] = time.time() - t
     record = {"settings": json.loads(settings.to_json()), "wall_time_s": timings,
               "torch": torch.__version__, "threads": torch.get_num_threads()}
+    if source is not None and source["record"].is_file():
+        record["init_from"] = json.loads(source["record"].read_text())  # the starting point's own record
     record_path.write_text(json.dumps(record, indent=2))
     return model_dir
 
