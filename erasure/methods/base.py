@@ -23,8 +23,10 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import ClassVar
 
-from erasure.edit import Edit
 from erasure.errors import ErasureInputError
+
+if typing.TYPE_CHECKING:
+    from erasure.edit import Edit
 
 
 @dataclasses.dataclass
@@ -238,6 +240,8 @@ class ErasureMethod(ABC):
                      num_processes: int = 1, extra: dict | None = None) -> Edit:
         """The ``Edit`` of a method that trains: its config and request, the changed tensors, the cost
         (``cost``: a ``CostMeter`` summary) and how many tensors and parameters were trained."""
+        from erasure.edit import Edit  # torch: not imported with the registry
+
         return Edit(
             method=self.name,
             config=self.config.to_dict(),
