@@ -26,13 +26,13 @@ def erase_once(run: Path, request: ErasureRequest, method: str, config, **overri
     if manifest.exists() and read_manifest(run)["base"]["fingerprint"] == fingerprint(pipe):
         return run
     start = time.time()
-    if not manifest.exists() and (run / CHECKPOINT_DIR).is_dir():
+    resume = not manifest.exists() and (run / CHECKPOINT_DIR).is_dir()
+    if resume:
         try:
             erase(pipe, request, method, config=config, out=run, resume=True, **overrides)
         except ErasureInputError:  # made from other weights or settings: start again
-            shutil.rmtree(run)
-            erase(pipe, request, method, config=config, out=run, **overrides)
-    else:
+            resume = False
+    if not resume:
         shutil.rmtree(run, ignore_errors=True)
         erase(pipe, request, method, config=config, out=run, **overrides)
     print(f"{method}: erased {request.kind} {request.targets[0]!r} in {time.time() - start:.0f} s -> {run}", flush=True)

@@ -516,10 +516,10 @@ def canvas_attack(ctx: Context, erased, manifest: dict, teachers: dict) -> dict:
 def _run_memorization(ctx: Context) -> dict:
     import torch
 
-    from erasure.metrics import MemorizationSimilarity
+    from erasure.metrics import MemorizationSimilarity, embedding_name_of
 
     embedding = memorization_embedding(ctx.spec, ctx.options)
-    space = getattr(embedding, "name", type(embedding).__name__)
+    space = embedding_name_of(embedding)
     canvas = ctx.options.training_images is None
     if canvas:
         from erasure.pipelines.canvas.render import MEMORIZATION_TARGETS

@@ -22,6 +22,7 @@ from .memorization import (
     MemorizationSimilarity,
     PixelEmbedding,
     TorchScriptEmbedding,
+    embedding_name_of,
 )
 from .nudity import ALL_EXPOSED_CLASSES, DEFAULT_NUDITY_CLASSES, NUDENET_LABELS, NudityRate
 from .unlearn_canvas import UnlearnCanvasAccuracy
@@ -30,4 +31,5 @@ __all__ = [
     "ALL_EXPOSED_CLASSES", "CLIPScore", "CanvasEvaluatorEmbedding", "CanvasEvaluatorFeatures", "ClipImageEmbedding",
     "DEFAULT_NUDITY_CLASSES", "FIDKID", "InceptionFeatures", "MemorizationSimilarity", "NUDENET_LABELS",
     "NudityRate", "PixelEmbedding", "TorchScriptEmbedding", "UnlearnCanvasAccuracy", "default_inception_weights",
+    "embedding_name_of",
 ]

@@ -154,7 +154,7 @@ class MemorizationSimilarity(Metric):
             self.embedding = embedding.eval()  # a submodule: moves with metric.to(device)
         else:
             self._embedding_fn = embedding
-        self.embedding_name = embedding_name or _name(embedding)
+        self.embedding_name = embedding_name or embedding_name_of(embedding)
         params = next(embedding.parameters(), None) if isinstance(embedding, nn.Module) else None
         ref = self.embed(to_image_tensor(references, params.device if params is not None else None))
         if ref.shape[0] == 0:
@@ -241,7 +241,7 @@ class MemorizationSimilarity(Metric):
                 "share_above": _share(sims, threshold), "similarities": sims.tolist()}
 
 
-def _name(fn: object) -> str:
+def embedding_name_of(fn: object) -> str:
     """A readable name for results: a ``name`` attribute, a function's name, or the class name."""
     return getattr(fn, "name", None) or getattr(fn, "__name__", None) or type(fn).__name__
 

@@ -41,8 +41,8 @@ and ``sd_util.py``, run with ``run_sfd.sh``; METHODS.md section 3):
   625, 20 and 980: exactly 625/20/980 on SD 1.x/2.x/XL, 755/79/950 on canvas-mini's cosine schedule.
 - Generator input: ``z`` enters as ``add_noise(0, z, t*) = sqrt(1 - a*) z``, as the reference's
   sampler computes it (not ``z`` itself). No x0 clipping anywhere in training (the reference's
-  ``scheduler.step`` clips only when the scheduler is configured to; canvas-mini's DDIM is, SD's is
-  not): x0 estimates come from ``erasure.diffusion.x0_from_output``, which also serves v-prediction.
+  ``scheduler.step`` clips only when the scheduler is configured to; neither canvas-mini's DDIM nor
+  SD's is): x0 estimates come from ``erasure.diffusion.x0_from_output``, which also serves v-prediction.
 - Losses in the reference's normalisation: sums over pixels, divided by the per-process batch.
   The fake-score loss is taken in noise space for every prediction type (the reference's
   v-prediction branch weights the velocity error by snr/(snr+1) = a_t, which is the same loss).

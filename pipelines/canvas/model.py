@@ -56,7 +56,9 @@ def unet_config() -> dict:
 
 def scheduler() -> DDIMScheduler:
     # Cosine schedule (suits small pixel models); trailing spacing so sampling starts from pure
-    # noise; x0 clipped to the pixel range [-1, 1], which a pixel model needs (no VAE to absorb it).
+    # noise. No x0 clipping: DDIM clips x0 but keeps the unclipped noise estimate, and the mismatch
+    # cost the shipped model 5 points of object accuracy and most of its memorization (with
+    # clipping: objects 70%, memorized captions reproduced in 38% of seeds; without: 76%, 100%).
     # v-prediction, because with epsilon prediction the first sampling step (alpha_bar ~ 2e-9 at
     # t=999) divides the x0 estimate by sqrt(alpha_bar): any error is amplified ~20,000x and then
     # clipped, which drew saturated, tinted backgrounds in the first trained model.
@@ -64,8 +66,7 @@ def scheduler() -> DDIMScheduler:
         num_train_timesteps=1000,
         beta_schedule="squaredcos_cap_v2",
         prediction_type="v_prediction",
-        clip_sample=True,
-        clip_sample_range=1.0,
+        clip_sample=False,
         set_alpha_to_one=False,
         timestep_spacing="trailing",
     )
