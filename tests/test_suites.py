@@ -222,12 +222,13 @@ def canvas_style_run(tmp_path_factory):
 def test_memorization_on_canvas_minis_memorized_captions(tmp_path, canvas_style_run):
     from erasure.pipelines.canvas.render import MEMORIZATION_CAPTIONS
 
-    settings = SamplingSettings(steps=3, guidance=3.0, seeds=[0], batch_size=64)
+    settings = SamplingSettings(steps=8, guidance=3.0, seeds=[0], batch_size=64)
     metrics = evaluate_runs("canvas-mini", [canvas_style_run], suite="memorization", out=tmp_path, settings=settings)
     assert metrics["captions"] == list(MEMORIZATION_CAPTIONS) and metrics["data"] == "canvas-mini's memorized captions"
     assert metrics["threshold_rule"].startswith("p99 of ordinary") and 0.5 < metrics["threshold"] < 0.99
     before = metrics["runs"][0]["before"]
-    # canvas-mini memorized these captions: the original redraws their training images (Pearson >= 0.97 measured)
+    # canvas-mini memorized these captions: the original redraws their training images (measured at 8 steps:
+    # Pearson 0.946-0.989 against a threshold of 0.917; 3 steps are too blurry to clear it for every caption)
     assert before["memorized_share"] == 1.0 and before["similarity_mean"] > metrics["threshold"]
     assert before["style_accuracy"] >= 0.75 and set(metrics["runs"][0]["after"]) >= {"memorized_share", "object_accuracy"}
     grid = Image.open(tmp_path / metrics["runs"][0]["grid"])
