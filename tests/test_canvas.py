@@ -130,6 +130,22 @@ def test_shipped_model_loads_offline_as_a_pipeline():
 
 
 @shipped
+def test_shipped_weights_fit_the_budget_with_an_fp16_embedding_table():
+    """Issue 3: everything shipped under 60 MB; the vocabulary table is stored in fp16 and loads as fp32."""
+    from safetensors import safe_open
+
+    from erasure.pipelines import load_pipeline
+    from erasure.pipelines.canvas.model import MODEL_DIR
+    from erasure.pipelines.canvas.train import EMBEDDING_TABLE
+
+    assert sum(f.stat().st_size for f in MODEL_DIR.rglob("*") if f.is_file()) < 60e6
+    with safe_open(str(MODEL_DIR / "text_encoder" / "model.safetensors"), "pt") as f:
+        assert f.get_slice(EMBEDDING_TABLE).get_dtype() == "F16"
+    pipe = load_pipeline("canvas-mini")
+    assert pipe.text_encoder.embeddings.token_embedding.weight.dtype == torch.float32
+
+
+@shipped
 def test_shipped_evaluator_judges_held_out_renders():
     from erasure.pipelines.canvas.evaluator import accuracy, load_evaluator
 
