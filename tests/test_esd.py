@@ -202,7 +202,7 @@ def test_cli_erase_with_a_preset_and_overrides(capsys, tmp_path, tiny_sd):
     assert out.startswith(f"wrote {run}: esd edit of ")
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["config"]["steps"] == 2 and manifest["config"]["ddim_steps"] == 3
-    assert manifest["config"]["lr"] == 1e-4  # from the preset
+    assert manifest["config"]["lr"] == 5e-4  # from the preset
     load_erased(run, device="cpu")
 
 
