@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from erasure import ErasureRequest, erase
+from erasure.api import method_config
 from erasure.edit import CHECKPOINT_DIR, fingerprint, read_manifest
 from erasure.errors import ErasureInputError
 from erasure.pipelines import load_pipeline
@@ -18,12 +19,13 @@ from erasure.pipelines import load_pipeline
 def erase_once(run: Path, request: ErasureRequest, method: str, config, **overrides) -> Path:
     """Erase ``request`` from the shipped canvas-mini into ``run`` unless a finished run is there.
 
-    A finished run is reused only while canvas-mini's weights are the ones it was made from (a
-    retrained model invalidates every bench run); an unfinished one resumes from its checkpoint.
+    A finished run is reused only while it was made by the same method and config from canvas-mini's
+    current weights (a retrained model or a changed preset invalidates it); an unfinished one
+    resumes from its checkpoint.
     """
     pipe = load_pipeline("canvas-mini")
     manifest = run / "manifest.json"
-    if manifest.exists() and read_manifest(run)["base"]["fingerprint"] == fingerprint(pipe):
+    if manifest.exists() and _made_by(read_manifest(run), method, config, pipe, overrides):
         return run
     start = time.time()
     resume = not manifest.exists() and (run / CHECKPOINT_DIR).is_dir()
@@ -37,3 +39,9 @@ def erase_once(run: Path, request: ErasureRequest, method: str, config, **overri
         erase(pipe, request, method, config=config, out=run, **overrides)
     print(f"{method}: erased {request.kind} {request.targets[0]!r} in {time.time() - start:.0f} s -> {run}", flush=True)
     return run
+
+
+def _made_by(manifest: dict, method: str, config, pipe, overrides: dict) -> bool:
+    wanted = method_config(method, config, **overrides).to_dict()
+    return (manifest["method"] == method and manifest["config"] == wanted
+            and manifest["base"]["fingerprint"] == fingerprint(pipe))

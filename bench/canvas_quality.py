@@ -1,6 +1,6 @@
 """Quality bar of the embedded model canvas-mini (issue 3), written to bench/results/.
 
-    python bench/canvas_quality.py [--model canvas-mini] [--seeds 8] [--steps 25] [--guidance 5]
+    python bench/canvas_quality.py [--model canvas-mini] [--seeds 8] [--steps 25] [--guidance 3]
 
 Measures: evaluator accuracy on held-out real renders; evaluator accuracy on generations (every
 object x style pair, UnlearnCanvas' caption template, N seeds); memorization of each target
@@ -59,7 +59,7 @@ def main() -> None:
     ap.add_argument("--evaluator", default=None, help="evaluator folder (default: the model's)")
     ap.add_argument("--seeds", type=int, default=8)
     ap.add_argument("--steps", type=int, default=25)
-    ap.add_argument("--guidance", type=float, default=5.0)
+    ap.add_argument("--guidance", type=float, default=3.0)
     ap.add_argument("--train-per-pair", type=int, default=384, help="training renders per pair (nearest-neighbour set)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     ap.add_argument("--grid", default=str(ROOT / "docs" / "canvas-mini-grid.png"))

@@ -16,7 +16,7 @@ style and object; for each ``--ablation`` style, DoCo again with ``surgery`` "re
 the same template-0 prompts (``--no-esd`` skips it). ``--steps`` (every run) and ``--anchor-images``
 (DoCo) shrink the runs for smoke tests. Writes ``RESULTS/doco_canvas.json`` and ``.md`` (scores, wall time, peak
 memory, edit size); runs, image cache and grids go under ``--out``. Finished runs are reused while
-canvas-mini's weights are the ones they were made from.
+their configs and canvas-mini's weights are the ones they were made from.
 """
 
 from __future__ import annotations

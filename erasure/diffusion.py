@@ -185,8 +185,12 @@ def native_resolution(pipe) -> int:
 
 
 def ddim_for(scheduler, steps: int) -> DDIMScheduler:
-    """A DDIM sampler with the pipeline scheduler's noise schedule and prediction type, set to ``steps``."""
-    ddim = DDIMScheduler.from_config(scheduler.config)
+    """A DDIM sampler with the pipeline scheduler's noise schedule and prediction type, set to ``steps``.
+
+    x0 clipping stays off unless the pipeline's scheduler asks for it: DDIM's own default (on) would
+    clip latents, and the schedulers whose configs lack the key (Euler, DPM++) never clip.
+    """
+    ddim = DDIMScheduler.from_config(scheduler.config, clip_sample=scheduler.config.get("clip_sample", False))
     ddim.set_timesteps(steps)
     return ddim
 

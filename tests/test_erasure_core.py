@@ -181,6 +181,17 @@ def test_noising_matches_diffusers():
     assert torch.allclose(velocity(ac, x0, noise, t), sched.get_velocity(x0, noise, t), atol=1e-5)
 
 
+def test_the_ddim_sampler_clips_x0_only_when_the_pipeline_scheduler_does():
+    from diffusers import DDIMScheduler, EulerDiscreteScheduler
+
+    from erasure.diffusion import ddim_for
+
+    assert ddim_for(EulerDiscreteScheduler(), 10).config.clip_sample is False  # no such key: latents unclipped
+    assert ddim_for(DDIMScheduler(clip_sample=True), 10).config.clip_sample is True
+    ddim = ddim_for(EulerDiscreteScheduler(prediction_type="v_prediction"), 10)
+    assert ddim.config.prediction_type == "v_prediction" and len(ddim.timesteps) == 10
+
+
 def test_partial_trajectories_do_not_depend_on_batching(tiny_sd_loaded):
     from erasure.diffusion import TextConditioner, ddim_for, initial_noise, latent_shape, sample_partial_trajectories
 
