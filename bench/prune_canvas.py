@@ -98,6 +98,12 @@ def _generate_perturbed(pipe, prompt: str, seeds: list[int], noise: float, salt:
                 guidance_scale=GUIDANCE, generator=[torch.Generator().manual_seed(s) for s in seeds]).images
 
 
+def memorization_summary(sims: np.ndarray, threshold: float) -> dict:
+    """Share of (caption, seed) similarities above ``threshold``, per caption, and their mean."""
+    return {"memorized_share": float((sims > threshold).mean()), "per_caption_share": (sims > threshold).mean(1).tolist(),
+            "similarity_mean": float(sims.mean())}
+
+
 def robustness(pipe, seeds: list[int], threshold: float) -> dict:
     captions = [m.caption for m in MEMORIZATION_TARGETS]
     result = {}
@@ -166,8 +172,7 @@ def main() -> None:
 
     def summary(m: dict) -> dict:
         sims = m["similarity"]
-        return {"memorized_share": float((sims > t).mean()), "per_caption_share": (sims > t).mean(1).tolist(),
-                "similarity_mean": float(sims.mean()), "utility": m["utility"], "robustness": m["robustness"],
+        return {**memorization_summary(sims, t), "utility": m["utility"], "robustness": m["robustness"],
                 "similarities": sims.round(4).tolist()}
 
     result = {

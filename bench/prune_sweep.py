@@ -26,15 +26,14 @@ from erasure.edit import read_manifest
 from erasure.pipelines import load_erased, load_pipeline
 from erasure.pipelines.canvas.render import MEMORIZATION_TARGETS
 from erasure.pipelines.generation import parse_seeds
-from prune_canvas import RESULTS, ROOT, target_similarity, utility
+from prune_canvas import RESULTS, ROOT, memorization_summary, target_similarity, utility
 
 UTILITY_SEEDS = [0, 1]
 
 
 def score(pipe, captions: list[str], seeds: list[int], threshold: float) -> dict:
     sims = target_similarity(pipe, captions, seeds)
-    return {"memorized_share": float((sims > threshold).mean()), "per_caption_share": (sims > threshold).mean(1).tolist(),
-            "similarity_mean": float(sims.mean()), "utility": utility(pipe, UTILITY_SEEDS)}
+    return {**memorization_summary(sims, threshold), "utility": utility(pipe, UTILITY_SEEDS)}
 
 
 def markdown(r: dict) -> str:
@@ -74,7 +73,8 @@ def main() -> None:
     request = ErasureRequest(captions, kind="memorized")
     points = []
     for spec in args.grid:
-        rho, tau = float(spec.split(",")[0]), int(spec.split(",")[1])
+        rho_text, tau_text = spec.split(",")
+        rho, tau = float(rho_text), int(tau_text)
         run = erase_once(args.out / f"rho{rho}-tau{tau}", request, "prune", preset_path("prune/canvas-mini-memorized"),
                          rho=rho, tau=tau)
         manifest = read_manifest(run)
