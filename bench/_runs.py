@@ -19,13 +19,13 @@ from erasure.pipelines import load_pipeline
 def erase_once(run: Path, request: ErasureRequest, method: str, config, **overrides) -> Path:
     """Erase ``request`` from the shipped canvas-mini into ``run`` unless a finished run is there.
 
-    A finished run is reused only while it was made by the same method and config from canvas-mini's
+    A finished run is reused only while it was made for the same request by the same method and config from canvas-mini's
     current weights (a retrained model or a changed preset invalidates it); an unfinished one
     resumes from its checkpoint.
     """
     pipe = load_pipeline("canvas-mini")
     manifest = run / "manifest.json"
-    if manifest.exists() and _made_by(read_manifest(run), method, config, pipe, overrides):
+    if manifest.exists() and _made_by(read_manifest(run), request, method, config, pipe, overrides):
         return run
     start = time.time()
     resume = not manifest.exists() and (run / CHECKPOINT_DIR).is_dir()
@@ -41,7 +41,8 @@ def erase_once(run: Path, request: ErasureRequest, method: str, config, **overri
     return run
 
 
-def _made_by(manifest: dict, method: str, config, pipe, overrides: dict) -> bool:
+def _made_by(manifest: dict, request: ErasureRequest, method: str, config, pipe, overrides: dict) -> bool:
     wanted = method_config(method, config, **overrides).to_dict()
     return (manifest["method"] == method and manifest["config"] == wanted
+            and manifest["request"] == request.resolve(pipe).to_dict()
             and manifest["base"]["fingerprint"] == fingerprint(pipe))

@@ -31,6 +31,7 @@ import torch
 
 from _runs import erase_once
 from erasure import ErasureRequest
+from erasure.api import parse_assignments
 from erasure.configs import preset_path
 from erasure.edit import read_manifest
 from erasure.evaluation import (
@@ -52,9 +53,9 @@ ROOT = Path(__file__).resolve().parents[1]
 BAR = {"UA": 0.85, "IRA": 0.85, "CRA": 0.90}
 
 
-def doco_run(name: str, concept: str, kind: str, out: Path, shrink: dict, **overrides) -> Path:
-    config = DoCoConfig.load(preset_path(f"doco/canvas-mini-{kind}")).with_overrides(**shrink, **overrides)
-    return erase_once(out / name, ErasureRequest([concept], kind=kind), "doco", config)
+def doco_run(name: str, concept: str, kind: str, out: Path, shrink: dict, anchor: str | None = None, **overrides) -> Path:
+    config = DoCoConfig.load(preset_path(f"doco/canvas-mini-{kind}")).with_overrides(**{**shrink, **overrides})
+    return erase_once(out / name, ErasureRequest([concept], kind=kind, anchor=anchor), "doco", config)
 
 
 def esd_run(style: str, templates: list[int], out: Path, steps: int | None) -> Path:
@@ -129,20 +130,24 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=None, help="override every run's steps (smoke tests)")
     ap.add_argument("--anchor-images", type=int, default=None, help="override every DoCo run's anchor_images")
     ap.add_argument("--sampling-steps", type=int, default=25)
+    ap.add_argument("--style-anchor", default=None,
+                    help="anchor style of the DoCo style runs (default: the style-free captions \"a {object}\")")
+    ap.add_argument("--set", dest="set_", action="append", default=[], help="DoCo preset override KEY=VALUE (every DoCo run)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "runs" / "doco")
     ap.add_argument("--results", type=Path, default=ROOT / "bench" / "results")
     args = ap.parse_args()
     torch.manual_seed(0)
     shrink = {k: v for k, v in {"steps": args.steps, "anchor_images": args.anchor_images}.items() if v is not None}
-    if "steps" in shrink:
+    shrink.update(parse_assignments(args.set_, "--set"))
+    if args.steps is not None:
         shrink["warmup_steps"] = min(shrink["steps"] // 2, DoCoConfig.load(preset_path("doco/canvas-mini-style")).warmup_steps)
         shrink["checkpoint_every"] = 0
     templates = DoCoConfig.load(preset_path("doco/canvas-mini-style")).templates
 
-    runs = [doco_run(f"doco-style-{s}", s, "style", args.out, shrink) for s in args.styles]
+    runs = [doco_run(f"doco-style-{s}", s, "style", args.out, shrink, args.style_anchor) for s in args.styles]
     runs += [doco_run(f"doco-object-{o}", o, "object", args.out, shrink) for o in args.objects]
     for style in args.ablation:
-        runs += [doco_run(f"doco-{mode}-style-{style}", style, "style", args.out, shrink, surgery=mode)
+        runs += [doco_run(f"doco-{mode}-style-{style}", style, "style", args.out, shrink, args.style_anchor, surgery=mode)
                  for mode in ("reference", "off")]
     if not args.no_esd:
         runs += [esd_run(s, templates, args.out, args.steps) for s in args.styles]
@@ -163,6 +168,8 @@ def main() -> None:
     argv += [f"--steps {args.steps}"] if args.steps else []
     argv += [f"--anchor-images {args.anchor_images}"] if args.anchor_images else []
     argv += [f"--sampling-steps {args.sampling_steps}"] if args.sampling_steps != 25 else []
+    argv += [f"--style-anchor {args.style_anchor}"] if args.style_anchor else []
+    argv += [f"--set {s}" for s in args.set_]
     metrics["command"] = "python bench/doco_canvas.py " + " ".join(argv)
     metrics["machine"] = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads"
     args.results.mkdir(parents=True, exist_ok=True)

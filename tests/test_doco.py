@@ -108,6 +108,19 @@ def test_prompt_pairs_canvas_mini():
         prompt_pairs(ErasureRequest(["striped"], kind="style"), "canvas-mini", [0, 7])
 
 
+def test_prompt_pairs_canvas_mini_other_concepts_as_anchors():
+    style = prompt_pairs(ErasureRequest(["striped", "dotted"], kind="style"), "canvas-mini", [2], "others")
+    assert len(style) == 2 * 6 * 8  # per target: the 6 styles not erased x 8 objects
+    assert ("a solid painting of a star", "a dotted painting of a star") in style
+    assert not any("striped" in a or "dotted" in a for a, _ in style)
+    obj = prompt_pairs(ErasureRequest(["star"], kind="object"), "canvas-mini", [0], "others")
+    assert len(obj) == 7 * 8 and ("a moon in noisy style", "a star in noisy style") in obj
+    # an explicit anchor wins over the setting
+    assert len(prompt_pairs(ErasureRequest(["star"], kind="object", anchor="moon"), "canvas-mini", [0], "others")) == 8
+    with pytest.raises(ErasureInputError, match="canvas_anchors"):
+        DoCoConfig(canvas_anchors="all")
+
+
 def test_prompt_pairs_stable_diffusion():
     style = prompt_pairs(ErasureRequest(["van gogh"], kind="style"), "stable-diffusion")
     assert ("a painting of a house", "a painting of a house, in the style of van gogh") in style

@@ -42,10 +42,13 @@ Implementation choices and deviations (same algorithm; every difference named):
   captions (styles); no external service is used here. Prompt pairs (anchor, target) come from
   shipped templates (``prompt_pairs``): canvas-mini uses its own caption templates (``templates``
   selects which; the default, template 0 only, is UnlearnCanvas' form, so the paraphrase templates
-  stay unseen for the generalisation test); a style's anchor is the style-free caption "a {object}"
-  (or, with an explicit canvas-mini style as the request's anchor, that style's captions), an
-  object's is the object-free caption "{style} style" (or an explicit canvas-mini object's
-  captions). Stable Diffusion: style anchors "{anchor} of {subject}" paired with the reference's two
+  stay unseen for the generalisation test); a style's anchor is the style-free caption "a {object}",
+  an object's the object-free caption "{style} style" (``canvas_anchors: concept-free``), or, with
+  ``canvas_anchors: others``, the same captions with every concept of the kind not being erased
+  (the other styles' or objects' captions, a mixture like the reference's generic "painting"
+  captions: canvas-mini draws its concept-free captions in a random style, sometimes the erased
+  one, and often with the wrong shape); an explicit canvas-mini style or object as the request's
+  anchor uses that concept's captions. Stable Diffusion: style anchors "{anchor} of {subject}" paired with the reference's two
   target forms "{caption}, in the style of {T}" and "in {T}'s style, {caption}"; other kinds fill
   photo/painting templates with the anchor and with the target (the reference's
   ``caption.replace(anchor, target)``). A request with explicit ``prompts`` uses them as the target
@@ -148,6 +151,9 @@ logger = logging.getLogger(__name__)
 
 SURGERY_MODES = ("projection", "reference", "off")
 WARMUP_MODES = ("plain", "discriminator")
+#: canvas-mini anchors when the request names none: the concept-free captions ("a {object}",
+#: "{style} style"), or the same captions with each of the other concepts of the kind.
+CANVAS_ANCHORS = ("concept-free", "others")
 ANCHORS_FILE = "doco-anchors.safetensors"
 #: Per-step records kept in the checkpoint and summarised in the edit: generator adversarial and
 #: prior losses (NaN in discriminator-only warm-up steps), discriminator loss, and the share of
@@ -190,6 +196,7 @@ class DoCoConfig(MethodConfig):
     anchor_guidance: float = 6.0
     anchor_batch: int = 16
     templates: list[int] = (0,)  # type: ignore[assignment]
+    canvas_anchors: str = "concept-free"
     resolution: int | None = None
     seed: int = 0
     checkpoint_every: int = 100
@@ -204,7 +211,8 @@ class DoCoConfig(MethodConfig):
             self.parameters = list(self.parameters)
             if not self.parameters:
                 raise _bad("parameters: empty list; expected a preset name or regular expressions")
-        for name, options in (("surgery", SURGERY_MODES), ("warmup", WARMUP_MODES), ("mixed_precision", MIXED_PRECISION)):
+        for name, options in (("surgery", SURGERY_MODES), ("warmup", WARMUP_MODES), ("mixed_precision", MIXED_PRECISION),
+                              ("canvas_anchors", CANVAS_ANCHORS)):
             if getattr(self, name) not in options:
                 raise _bad(f"{name}: {getattr(self, name)!r}; expected one of {', '.join(options)}")
         for name in ("steps", "batch_size", "anchor_images", "anchor_steps", "anchor_batch"):
@@ -307,18 +315,19 @@ def build_discriminator(in_channels: int, widths: Sequence[int], seed: int) -> P
 
 
 # ----------------------------------------------------------------------------- prompt pairs
-def prompt_pairs(request: ErasureRequest, pipe_or_family, templates: Sequence[int] = (0,)) -> list[tuple[str, str]]:
+def prompt_pairs(request: ErasureRequest, pipe_or_family, templates: Sequence[int] = (0,),
+                 canvas_anchors: str = "concept-free") -> list[tuple[str, str]]:
     """(anchor prompt, target prompt) pairs for ``request`` (see the module docstring).
 
     ``request`` is the request as given (unresolved), so explicit prompts and anchors can be told
-    from defaults.
+    from defaults. ``canvas_anchors`` picks canvas-mini's anchors when the request names none.
     """
     family = pipe_or_family if isinstance(pipe_or_family, str) else model_family(pipe_or_family)
     req = request.resolve(family)
     if request.prompts is not None:
         return [(_swap(p, req.targets, req.anchor), p) for p in req.prompts]
     if family == "canvas-mini" and req.kind in ("style", "object") and request.anchor != "":
-        return _canvas_pairs(req, request.anchor, templates)
+        return _canvas_pairs(req, request.anchor, templates, canvas_anchors)
     if not req.anchor:
         return [("", p) for p in req.prompts]
     return _sd_pairs(req)
@@ -331,7 +340,8 @@ def _swap(prompt: str, targets: Sequence[str], anchor: str) -> str:
     return anchor
 
 
-def _canvas_pairs(req: ErasureRequest, anchor: str | None, templates: Sequence[int]) -> list[tuple[str, str]]:
+def _canvas_pairs(req: ErasureRequest, anchor: str | None, templates: Sequence[int],
+                  canvas_anchors: str = "concept-free") -> list[tuple[str, str]]:
     from erasure.pipelines.canvas.render import OBJECTS, STYLES, TEMPLATES, caption
     from erasure.request import canvas_concept
 
@@ -351,15 +361,20 @@ def _canvas_pairs(req: ErasureRequest, anchor: str | None, templates: Sequence[i
             ) from None
         if other in targets:
             raise ErasureInputError(f"anchor {anchor!r} is a concept being erased; choose another anchor")
+    if other is not None:
+        anchors = [other]
+    elif canvas_anchors == "others":
+        anchors = [n for n in names if n not in targets]
+    else:
+        anchors = [None]  # the concept-free caption
     pairs = []
     for target in targets:
         for k in templates:
-            if req.kind == "style":
-                for o in OBJECTS:
-                    pairs.append((caption(o, other, k) if other else caption(o, target, "a {object}"), caption(o, target, k)))
-            else:
-                for s in STYLES:
-                    pairs.append((caption(other, s, k) if other else f"{s} style", caption(target, s, k)))
+            for a in anchors:
+                if req.kind == "style":
+                    pairs += [(caption(o, a, k) if a else caption(o, target, "a {object}"), caption(o, target, k)) for o in OBJECTS]
+                else:
+                    pairs += [(caption(a, s, k) if a else f"{s} style", caption(target, s, k)) for s in STYLES]
     return pairs
 
 
@@ -473,7 +488,7 @@ class DoCo(ErasureMethod):
 
     def __call__(self, pipe, request, *, run_dir=None, resume: bool = False, progress=None) -> Edit:
         c: DoCoConfig = self.config
-        pairs = prompt_pairs(request, pipe, c.templates)
+        pairs = prompt_pairs(request, pipe, c.templates, c.canvas_anchors)
         req = request.resolve(pipe)
         unet = pipe.unet
         device = unet.device
