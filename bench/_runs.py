@@ -19,9 +19,9 @@ from erasure.pipelines import load_pipeline
 def erase_once(run: Path, request: ErasureRequest, method: str, config, **overrides) -> Path:
     """Erase ``request`` from the shipped canvas-mini into ``run`` unless a finished run is there.
 
-    A finished run is reused only while it was made for the same request by the same method and config from canvas-mini's
-    current weights (a retrained model or a changed preset invalidates it); an unfinished one
-    resumes from its checkpoint.
+    A finished run is reused only while it was made for the same request by the same method and
+    config from canvas-mini's current weights (a retrained model, a changed preset or another
+    anchor invalidates it); an unfinished one resumes from its checkpoint.
     """
     pipe = load_pipeline("canvas-mini")
     manifest = run / "manifest.json"

@@ -53,8 +53,8 @@ ROOT = Path(__file__).resolve().parents[1]
 BAR = {"UA": 0.85, "IRA": 0.85, "CRA": 0.90}
 
 
-def doco_run(name: str, concept: str, kind: str, out: Path, shrink: dict, anchor: str | None = None, **overrides) -> Path:
-    config = DoCoConfig.load(preset_path(f"doco/canvas-mini-{kind}")).with_overrides(**{**shrink, **overrides})
+def doco_run(name: str, concept: str, kind: str, out: Path, doco_settings: dict, anchor: str | None = None, **overrides) -> Path:
+    config = DoCoConfig.load(preset_path(f"doco/canvas-mini-{kind}")).with_overrides(**{**doco_settings, **overrides})
     return erase_once(out / name, ErasureRequest([concept], kind=kind, anchor=anchor), "doco", config)
 
 
@@ -137,17 +137,18 @@ def main() -> None:
     ap.add_argument("--results", type=Path, default=ROOT / "bench" / "results")
     args = ap.parse_args()
     torch.manual_seed(0)
-    shrink = {k: v for k, v in {"steps": args.steps, "anchor_images": args.anchor_images}.items() if v is not None}
-    shrink.update(parse_assignments(args.set_, "--set"))
+    # DoCo preset overrides: the smoke-test shrinking and --set
+    doco_settings = {k: v for k, v in {"steps": args.steps, "anchor_images": args.anchor_images}.items() if v is not None}
+    doco_settings.update(parse_assignments(args.set_, "--set"))
     if args.steps is not None:
-        shrink["warmup_steps"] = min(shrink["steps"] // 2, DoCoConfig.load(preset_path("doco/canvas-mini-style")).warmup_steps)
-        shrink["checkpoint_every"] = 0
+        doco_settings["warmup_steps"] = min(doco_settings["steps"] // 2, DoCoConfig.load(preset_path("doco/canvas-mini-style")).warmup_steps)
+        doco_settings["checkpoint_every"] = 0
     templates = DoCoConfig.load(preset_path("doco/canvas-mini-style")).templates
 
-    runs = [doco_run(f"doco-style-{s}", s, "style", args.out, shrink, args.style_anchor) for s in args.styles]
-    runs += [doco_run(f"doco-object-{o}", o, "object", args.out, shrink) for o in args.objects]
+    runs = [doco_run(f"doco-style-{s}", s, "style", args.out, doco_settings, args.style_anchor) for s in args.styles]
+    runs += [doco_run(f"doco-object-{o}", o, "object", args.out, doco_settings) for o in args.objects]
     for style in args.ablation:
-        runs += [doco_run(f"doco-{mode}-style-{style}", style, "style", args.out, shrink, args.style_anchor, surgery=mode)
+        runs += [doco_run(f"doco-{mode}-style-{style}", style, "style", args.out, doco_settings, args.style_anchor, surgery=mode)
                  for mode in ("reference", "off")]
     if not args.no_esd:
         runs += [esd_run(s, templates, args.out, args.steps) for s in args.styles]

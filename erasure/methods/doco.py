@@ -341,7 +341,7 @@ def _swap(prompt: str, targets: Sequence[str], anchor: str) -> str:
 
 
 def _canvas_pairs(req: ErasureRequest, anchor: str | None, templates: Sequence[int],
-                  canvas_anchors: str = "concept-free") -> list[tuple[str, str]]:
+                  canvas_anchors: str) -> list[tuple[str, str]]:
     from erasure.pipelines.canvas.render import OBJECTS, STYLES, TEMPLATES, caption
     from erasure.request import canvas_concept
 
