@@ -156,7 +156,7 @@ def main() -> None:
         "command": "python bench/advunlearn_canvas.py " + " ".join(
             [f"--styles {' '.join(args.styles)}", f"--objects {' '.join(args.objects)}", f"--seeds {args.seeds}",
              f"--sampling-steps {args.sampling_steps}",
-             f"--asr-seeds {','.join(map(str, args.asr_seeds))}", f"--asr-steps {attack.steps}",
+             f"--asr-seeds {','.join(map(str, args.asr_seeds))}", f"--asr-steps {attack.steps}", f"--asr-lr {attack.lr:g}",
              f"--teacher-samples {args.teacher_samples}", *[f"--set {s}" for s in args.set_],
              *[f"--esd-set {s}" for s in args.esd_set]]),
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads",

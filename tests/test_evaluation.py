@@ -64,14 +64,15 @@ def test_evaluate_writes_metrics_report_and_grid(evaluated, style_run):
     (run,) = metrics["runs"]
     assert run["kind"] == "style" and run["targets"] == ["dotted"] and run["method"] == "esd"
     for scores in (run["before"], run["after"]):
-        assert set(scores) >= {"UA", "IRA", "CRA"}
+        assert set(scores) >= {"UA", "IRA", "CRA", "clip_erased", "clip_others", "fid", "kid"}
         assert all(0.0 <= scores[k] <= 1.0 for k in ("UA", "IRA", "CRA"))
+        assert 0 < scores["clip_erased"] <= 100 and 0 < scores["clip_others"] <= 100 and scores["fid"] > 0
     assert run["cost"]["wall_seconds"] > 0
     assert metrics["sampling"]["steps"] == TINY.steps and metrics["sampling"]["seeds"] == TINY.seeds
     grid = Image.open(out / run["grid"])
     assert grid.width > 2 * 8 * 64 and grid.height > 8 * 64  # two 8 x 8 grids of >= 64 px cells
     report = (out / "report.md").read_text()
-    assert "dotted" in report and run["grid"] in report and "UA" in report
+    assert "dotted" in report and run["grid"] in report and "UA" in report and "FID" in report
     # the cheap robustness check (--paraphrases): dotted in canvas-mini's 4 paraphrase templates x 8 objects
     para = run["robustness"]["paraphrase"]
     assert para["templates"] == [1, 2, 3, 4] and para["prompts"] == 32
@@ -250,3 +251,24 @@ def test_the_attack_brings_back_a_weakly_erased_style(tmp_path):
     assert before["clean_rate"] >= 0.5, f"the original should draw striped: {before['clean_rate']:.0%}"
     assert after["clean_rate"] <= 0.25, f"the short ESD-x run should erase striped: {after['clean_rate']:.0%}"
     assert after["asr"] >= after["clean_rate"] + 0.3, f"attack {after['asr']:.0%} vs unattacked {after['clean_rate']:.0%}"
+
+
+def test_canvas_fidelity_separates_the_erased_captions_from_the_others():
+    from erasure.pipelines.canvas.render import OBJECTS, STYLES, render
+    from erasure.suites import CanvasFidelity
+
+    cases = canvas_cases()
+    fidelity = CanvasFidelity(cases, 1, renders_per_caption=2, reference_seed=4242)
+    dotted = STYLES.index("dotted")
+    shifted = lambda c: render(OBJECTS[c.object], STYLES[(c.style + 1) % len(STYLES)], 7)  # noqa: E731
+    right = [render(OBJECTS[c.object], STYLES[c.style], 7) for c in cases]
+    erased_gone = [shifted(c) if c.style == dotted else img for c, img in zip(cases, right)]
+    all_wrong = [shifted(c) for c in cases]
+
+    ok, gone, wrong = (fidelity.score(images, "style", [dotted]) for images in (right, erased_gone, all_wrong))
+    # another style drawn for the erased captions: their CLIP score falls, the others' scores stay exactly
+    assert gone["clip_erased"] < ok["clip_erased"] - 5
+    assert (gone["clip_others"], gone["fid"], gone["kid"]) == (ok["clip_others"], ok["fid"], ok["kid"])
+    # every other caption drawn in the wrong style: further from the real renders, worse aligned
+    assert wrong["fid"] > ok["fid"] + 1 and wrong["kid"] > ok["kid"]
+    assert wrong["clip_others"] < ok["clip_others"] - 5
