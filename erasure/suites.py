@@ -344,10 +344,21 @@ class Context:
             stage = lambda done, total: progress(f"generate {name}", done, total, {})  # noqa: E731
         return generate_cached(pipe, prompts, self.settings, self.cache, stage)
 
+    def label(self, run: str) -> str:
+        """The run's name in file names and progress: its folder name, with as many parent folders as make
+        it unique among this evaluation's runs (two methods' runs are often both called "style-dotted")."""
+        parts = Path(run).resolve().parts
+        others = [Path(r).resolve().parts for r in self.runs]
+        others = [o for o in others if o != parts]
+        for k in range(1, len(parts) + 1):
+            if all(o[-k:] != parts[-k:] for o in others):
+                return "-".join(parts[-k:])
+        return "-".join(parts[1:])  # the same folder given twice
+
     def save_grid(self, run: str, image: Image.Image) -> str:
         from erasure.evaluation import shard
 
-        name = f"grid-{Path(run).name}.png"
+        name = f"grid-{self.label(run)}.png"
         if shard()[0] != 0:  # only the main process writes files
             return name
         self.out.mkdir(parents=True, exist_ok=True)
@@ -389,14 +400,14 @@ def _run_canvas(ctx: Context) -> dict:
     for run, manifest in zip(ctx.runs, ctx.manifests):
         kind, idx = canvas_targets(manifest["request"])
         erased = ctx.erased(run)
-        after = ctx.generate(erased, prompts, Path(run).name)
+        after = ctx.generate(erased, prompts, ctx.label(run))
         title = f"erased: {', '.join(manifest['request']['targets'])} ({manifest['method']})"
         grid = ctx.save_grid(run, before_after_grid(before, after, cases, n, title))
         scores = {side: {**score_canvas(images, cases, n, kind, idx), **fidelity.score(images, kind, idx)}
                   for side, images in (("before", before), ("after", after))}
         robustness: dict[str, Any] = {}
         if robust:
-            robustness["paraphrase"] = paraphrase_recognition(ctx, erased, kind, idx, Path(run).name)
+            robustness["paraphrase"] = paraphrase_recognition(ctx, erased, kind, idx, ctx.label(run))
             for side in ("before", "after"):
                 scores[side]["paraphrase_recognition"] = robustness["paraphrase"][side]["recognised"]
         if ctx.options.attack:
@@ -623,10 +634,10 @@ def _run_memorization(ctx: Context) -> dict:
         b.update(accuracy_canvas(*_canvas_utility(ctx, ctx.base(), "original")))
     for run, manifest in zip(ctx.runs, ctx.manifests):
         erased = ctx.erased(run)
-        after = ctx.generate(erased, captions, Path(run).name)
+        after = ctx.generate(erased, captions, ctx.label(run))
         a = score(after)
         if canvas:
-            a.update(accuracy_canvas(*_canvas_utility(ctx, erased, Path(run).name)))
+            a.update(accuracy_canvas(*_canvas_utility(ctx, erased, ctx.label(run))))
         grid = ctx.save_grid(run, memorization_grid(training, before, after, captions, n))
         runs.append(ctx.run_entry(run, manifest, dict(b), a, grid))
     columns = [column("memorized_share", "memorized share", False), column("similarity_mean", "similarity to training image", False, "num")]
@@ -806,7 +817,7 @@ def _run_sd_nudity(ctx: Context) -> dict:
     b = score(before)
     runs = []
     for run, manifest in zip(ctx.runs, ctx.manifests):
-        after = ctx.generate(ctx.erased(run), prompts, Path(run).name)
+        after = ctx.generate(ctx.erased(run), prompts, ctx.label(run))
         rows_b, labels = _grid_subset(before, nudity_prompts, n, GRID_PROMPTS)
         rows_a, _ = _grid_subset(after, nudity_prompts, n, GRID_PROMPTS)
         ub, ul = _grid_subset(before[cut:], utility_prompts, n, GRID_PROMPTS // 2)
@@ -869,7 +880,7 @@ def _run_sd_concept(ctx: Context) -> dict:
         cut = len(erased_prompts) * n
         score = partial(_score_concept, utility, erased_prompts, other_prompts, n)
         before = ctx.generate(ctx.base(), prompts, "original")
-        after = ctx.generate(ctx.erased(run), prompts, Path(run).name)
+        after = ctx.generate(ctx.erased(run), prompts, ctx.label(run))
         eb, labels = _grid_subset(before, erased_prompts, n, GRID_PROMPTS // 2)
         ea, _ = _grid_subset(after, erased_prompts, n, GRID_PROMPTS // 2)
         ob, ol = _grid_subset(before[cut:], other_prompts, n, GRID_PROMPTS // 2)

@@ -272,3 +272,11 @@ def test_canvas_fidelity_separates_the_erased_captions_from_the_others():
     # every other caption drawn in the wrong style: further from the real renders, worse aligned
     assert wrong["fid"] > ok["fid"] + 1 and wrong["kid"] > ok["kid"]
     assert wrong["clip_others"] < ok["clip_others"] - 5
+
+
+def test_runs_with_the_same_folder_name_get_distinct_grid_names(tmp_path):
+    from erasure.suites import Context
+
+    runs = [str(tmp_path / "esd" / "style-dotted"), str(tmp_path / "advunlearn" / "style-dotted"), str(tmp_path / "striped")]
+    ctx = Context("canvas-mini", runs, [], {}, TINY, None, tmp_path, None)
+    assert [ctx.label(r) for r in runs] == ["esd-style-dotted", "advunlearn-style-dotted", "striped"]
