@@ -29,6 +29,7 @@ bench resumes). ``--set``/``--esd-set`` override preset values (e.g. a smoke tes
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import platform
 import time
@@ -40,6 +41,7 @@ import erasure.methods.advunlearn  # noqa: F401  (registers "advunlearn")
 from _runs import erase_once
 from erasure import ErasureRequest
 from erasure.api import method_config, parse_assignments
+from erasure.atomic import atomic_path
 from erasure.attacks import SoftPromptAttackConfig, attack_success_rate, canvas_judge, teacher_samples
 from erasure.configs import preset_path
 from erasure.edit import read_manifest
@@ -58,19 +60,35 @@ def run_erasure(method: str, concept: str, kind: str, out: Path, overrides: dict
 
 def robustness(concept: str, kind: str, runs: dict[str, Path | None], args, attack: SoftPromptAttackConfig,
                ddim_steps: int, sampling: SamplingSettings) -> dict:
-    """ASR of each model (None: the original) on the concept prompt, against the original's samples."""
+    """ASR of each model (None: the original) on the concept prompt, against the original's samples.
+
+    Each result is kept under ``--out``/asr, keyed by everything it depends on (the run's manifest,
+    attack, seeds, teacher samples, sampling), so a re-run with more concepts only attacks what is new.
+    """
     original = load_pipeline("canvas-mini")
     prompt = ErasureRequest([concept], kind=kind).resolve(original).prompts[0]
-    teacher = teacher_samples(original, prompt, args.teacher_samples, seed=f"asr-teacher/{concept}",
-                              ddim_steps=ddim_steps, guidance=sampling.guidance)
+    teacher = None
     judge = canvas_judge(kind, concept)
     out = {}
     for name, run in runs.items():
-        pipe = original if run is None else load_erased(run, base=load_pipeline("canvas-mini"))
-        start = time.time()
-        out[name] = attack_success_rate(pipe, teacher, judge, seeds=args.asr_seeds, config=attack,
-                                        steps=sampling.steps, guidance=sampling.guidance, scheduler=sampling.scheduler)
-        out[name]["seconds"] = round(time.time() - start, 1)
+        key = {"concept": concept, "model": read_manifest(run) if run is not None else "canvas-mini",
+               "attack": attack.to_dict(), "seeds": args.asr_seeds, "teacher_samples": args.teacher_samples,
+               "ddim_steps": ddim_steps, "sampling": [sampling.steps, sampling.guidance, sampling.scheduler]}
+        cached = args.out / "asr" / (hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16] + ".json")
+        if cached.is_file():
+            out[name] = json.loads(cached.read_text())
+        else:
+            if teacher is None:
+                teacher = teacher_samples(original, prompt, args.teacher_samples, seed=f"asr-teacher/{concept}",
+                                          ddim_steps=ddim_steps, guidance=sampling.guidance)
+            pipe = original if run is None else load_erased(run, base=load_pipeline("canvas-mini"))
+            start = time.time()
+            out[name] = attack_success_rate(pipe, teacher, judge, seeds=args.asr_seeds, config=attack,
+                                            steps=sampling.steps, guidance=sampling.guidance, scheduler=sampling.scheduler)
+            out[name]["seconds"] = round(time.time() - start, 1)
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(cached) as tmp:
+                tmp.write_text(json.dumps(out[name]))
         print(f"ASR {concept} ({name}): {out[name]['asr']:.0%} (clean {out[name]['clean_rate']:.0%})", flush=True)
     return out
 
