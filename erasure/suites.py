@@ -502,7 +502,8 @@ class CanvasFidelity:
         return (f"CLIP score: mean 100 * max(cos, 0) of image and caption ({self.clip.model_name}) on the erased "
                 "concept's captions (lower after erasure: erased) and on the others (higher: kept). FID/KID: the other "
                 f"captions' generations against {self.renders_per_caption} real renders per caption (held-out render "
-                f"seeds) in the {self.features.name} feature space, not Inception's (lower: closer).")
+                f"seeds) in the {self.features.name} feature space, not Inception's (lower: closer; KID is an unbiased "
+                "estimate, so it goes below 0 for sets this close and this small).")
 
 
 def paraphrase_recognition(ctx: Context, erased, kind: str, targets: Sequence[int], name: str) -> dict:
