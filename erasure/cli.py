@@ -257,6 +257,7 @@ def evaluate(
         metrics = evaluate_runs(original, erased, suite=suite, out=out, settings=settings, options=options,
                                 device=device, progress=bars)
     from erasure.evaluation import shard
+    from erasure.reports import run_label
 
     if shard()[0] != 0:  # under a launcher every process holds the same scores: the main one prints them
         return
@@ -265,7 +266,7 @@ def evaluate(
         table.add_column(name)
     for r in metrics["runs"]:
         b, a = r["before"], r["after"]
-        table.add_row(Path(r["run"]).name, f"{', '.join(r['targets'])} ({r['method']})",
+        table.add_row(run_label(r), f"{', '.join(r['targets'])} ({r['method']})",
                       *(f"{format_score(b.get(c['key']), c['format'])} -> {format_score(a.get(c['key']), c['format'])}"
                         for c in metrics["columns"]),
                       f"{r['cost'].get('wall_seconds', 0):.0f} s")
@@ -299,13 +300,14 @@ def _print_comparison(rows: list[dict], columns: list[dict]) -> None:
     from rich.table import Table
 
     from erasure.evaluation import format_score
+    from erasure.reports import run_label
 
     # One column per run, one row per field: a comparison has few runs and many scores, and a
     # terminal is wider than it is tall only by so much.
     table = Table(title="runs compared (scores after erasure)")
     table.add_column("")
     for r in rows:
-        table.add_column(Path(r["run"]).name, overflow="fold")
+        table.add_column(run_label(r), overflow="fold")
     fields = [
         ("method", lambda r: r["method"]),
         ("erased", lambda r: f"{', '.join(r['targets'])} ({r['kind']})"),
@@ -345,12 +347,14 @@ def _print_scores(metrics: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from erasure.reports import run_label
+
     table = Table(title=f"{metrics['suite']} suite: before -> after (UA: erased, IRA/CRA: kept)")
     for column in ("run", "erased", "UA", "IRA", "CRA", "time"):
         table.add_column(column)
     for r in metrics["runs"]:
         b, a = r["before"], r["after"]
-        table.add_row(Path(r["run"]).name, f"{', '.join(r['targets'])} ({r['method']})",
+        table.add_row(run_label(r), f"{', '.join(r['targets'])} ({r['method']})",
                       *(f"{b[k]:.0%} -> {a[k]:.0%}" for k in ("UA", "IRA", "CRA")),
                       f"{r['cost'].get('wall_seconds', 0):.0f} s")
     Console().print(table)

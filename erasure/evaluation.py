@@ -31,7 +31,7 @@ from PIL import Image
 
 from erasure.atomic import atomic_path
 from erasure.errors import ErasureInputError
-from erasure.reports import html_report
+from erasure.reports import html_report, run_label
 
 logger = logging.getLogger(__name__)
 
@@ -350,9 +350,9 @@ def markdown_report(metrics: dict) -> str:
         b, a, c = r["before"], r["after"], r["cost"]
         scores = " | ".join(f"{format_score(b.get(k['key']), k['format'])} | {format_score(a.get(k['key']), k['format'])}" for k in cols)
         lines.append(
-            f"| {Path(r['run']).name} | {r['method']} | {', '.join(r['targets'])} ({r['kind']}) | {scores} "
+            f"| {run_label(r)} | {r['method']} | {', '.join(r['targets'])} ({r['kind']}) | {scores} "
             f"| {c.get('wall_seconds', float('nan')):.0f} | {c.get('peak_memory_bytes', float('nan')) / 2**30:.2f} |"
         )
     for r in metrics["runs"]:
-        lines += ["", f"## {Path(r['run']).name}", "", f"![original vs erased]({r['grid']})"]
+        lines += ["", f"## {run_label(r)}", "", f"![original vs erased]({r['grid']})"]
     return "\n".join(lines) + "\n"

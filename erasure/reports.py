@@ -29,6 +29,23 @@ img.grid { max-width: 100%; image-rendering: pixelated; border: 1px solid #ddd; 
 """
 
 
+def run_labels(runs: Sequence[str | os.PathLike]) -> list[str]:
+    """Each run's name in reports, grid files and progress: its folder name, with as many parent folders
+    as make it unique among ``runs`` (two methods' runs are often both called "style-dotted")."""
+    paths = [Path(r).expanduser().resolve().parts for r in runs]
+    labels = []
+    for parts in paths:
+        others = [o for o in paths if o != parts]
+        k = next((k for k in range(1, len(parts) + 1) if all(o[-k:] != parts[-k:] for o in others)), len(parts) - 1)
+        labels.append("-".join(parts[-k:]))
+    return labels
+
+
+def run_label(entry: dict) -> str:
+    """The name a metrics.json or comparison row gives its run (older files: the folder name)."""
+    return entry.get("label") or Path(entry["run"]).name
+
+
 def _cell(before: float | None, after: float | None, higher_is_better: bool, fmt: str = "pct") -> str:
     from erasure.evaluation import format_score
 
@@ -48,16 +65,16 @@ def html_report(metrics: dict) -> str:
     for r in metrics["runs"]:
         b, a, c = r["before"], r["after"], r["cost"]
         rows.append(
-            f"<tr><td>{e(Path(r['run']).name)}</td><td class=\"text\">{e(r['method'])}</td>"
+            f"<tr><td>{e(run_label(r))}</td><td class=\"text\">{e(r['method'])}</td>"
             f"<td class=\"text\">{e(', '.join(r['targets']))} ({e(r['kind'])})</td>"
             + "".join(_cell(b.get(k["key"]), a.get(k["key"]), k["higher_is_better"], k["format"]) for k in cols)
             + f"<td>{c.get('wall_seconds', float('nan')):.0f}</td>"
             f"<td>{c.get('peak_memory_bytes', float('nan')) / 2**30:.2f}</td></tr>"
         )
     grids = "".join(
-        f"<h2>{e(Path(r['run']).name)}: {e(', '.join(r['targets']))} erased by {e(r['method'])}</h2>"
+        f"<h2>{e(run_label(r))}: {e(', '.join(r['targets']))} erased by {e(r['method'])}</h2>"
         f"<p class=\"note\">Left: original; right: erased; same prompts and seeds.</p>"
-        f"<img class=\"grid\" src=\"{e(r['grid'])}\" alt=\"original and erased generations for {e(Path(r['run']).name)}\">"
+        f"<img class=\"grid\" src=\"{e(r['grid'])}\" alt=\"original and erased generations for {e(run_label(r))}\">"
         for r in metrics["runs"]
     )
     summary = " ".join(e(line) for line in metrics.get("summary", []))
@@ -96,11 +113,12 @@ def compare_runs(runs: Sequence[str | os.PathLike], metrics_files: Sequence[str 
         raise ErasureInputError("no runs to compare; give one or more run folders")
     scores = _scores_by_run(metrics_files)
     rows = []
-    for run in runs:
+    for run, label in zip(runs, run_labels(runs)):
         manifest = read_manifest(run)
         config, cost, edit = manifest["config"], manifest.get("cost", {}), manifest.get("edit", {})
         rows.append({
             "run": str(run),
+            "label": label,
             "method": manifest["method"],
             "targets": manifest["request"]["targets"],
             "kind": manifest["request"]["kind"],
@@ -166,6 +184,6 @@ def comparison_markdown(rows: list[dict], columns: list[dict] | None = None) -> 
         wall = "n/a" if r["wall_seconds"] is None else f"{r['wall_seconds']:.0f}"
         mem = "n/a" if r["peak_memory_bytes"] is None else f"{r['peak_memory_bytes'] / 2**30:.2f}"
         size = "n/a" if r["edit_bytes"] is None else f"{r['edit_bytes'] / 1e3:.1f}"
-        lines.append(f"| {Path(r['run']).name} | {r['method']} | {', '.join(r['targets'])} ({r['kind']}) | {settings} "
+        lines.append(f"| {run_label(r)} | {r['method']} | {', '.join(r['targets'])} ({r['kind']}) | {settings} "
                      f"| {scores} | {wall} | {mem} | {size} |")
     return "\n".join(lines) + "\n"

@@ -42,6 +42,7 @@ from erasure.evaluation import (
     score_canvas,
     side_by_side,
 )
+from erasure.reports import run_labels
 
 logger = logging.getLogger(__name__)
 
@@ -345,15 +346,8 @@ class Context:
         return generate_cached(pipe, prompts, self.settings, self.cache, stage)
 
     def label(self, run: str) -> str:
-        """The run's name in file names and progress: its folder name, with as many parent folders as make
-        it unique among this evaluation's runs (two methods' runs are often both called "style-dotted")."""
-        parts = Path(run).resolve().parts
-        others = [Path(r).resolve().parts for r in self.runs]
-        others = [o for o in others if o != parts]
-        for k in range(1, len(parts) + 1):
-            if all(o[-k:] != parts[-k:] for o in others):
-                return "-".join(parts[-k:])
-        return "-".join(parts[1:])  # the same folder given twice
+        """The run's name in grid files, progress and reports (``reports.run_labels``)."""
+        return dict(zip(map(str, self.runs), run_labels(self.runs)))[str(run)]
 
     def save_grid(self, run: str, image: Image.Image) -> str:
         from erasure.evaluation import shard
@@ -368,7 +362,7 @@ class Context:
 
     def run_entry(self, run: str, manifest: dict, before: dict, after: dict, grid: str, **extra) -> dict:
         """One run's record in metrics.json (``before``: the original on the same prompts)."""
-        return {"run": str(run), "method": manifest["method"], "kind": manifest["request"]["kind"],
+        return {"run": str(run), "label": self.label(run), "method": manifest["method"], "kind": manifest["request"]["kind"],
                 "targets": manifest["request"]["targets"], "before": before, "after": after,
                 "cost": manifest.get("cost", {}), "grid": grid, **extra}
 
