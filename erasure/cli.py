@@ -261,15 +261,16 @@ def evaluate(
 
     if shard()[0] != 0:  # under a launcher every process holds the same scores: the main one prints them
         return
+    # One column per run, one row per score (as `erasure compare`): suites report up to a dozen scores.
     table = Table(title=f"{metrics['suite']} suite: original -> erased")
-    for name in ("run", "erased", *(c["label"] for c in metrics["columns"]), "time"):
-        table.add_column(name)
+    table.add_column("")
     for r in metrics["runs"]:
-        b, a = r["before"], r["after"]
-        table.add_row(run_label(r), f"{', '.join(r['targets'])} ({r['method']})",
-                      *(f"{format_score(b.get(c['key']), c['format'])} -> {format_score(a.get(c['key']), c['format'])}"
-                        for c in metrics["columns"]),
-                      f"{r['cost'].get('wall_seconds', 0):.0f} s")
+        table.add_column(run_label(r), overflow="fold")
+    table.add_row("erased", *(f"{', '.join(r['targets'])} ({r['method']})" for r in metrics["runs"]))
+    for c in metrics["columns"]:
+        table.add_row(c["label"], *(f"{format_score(r['before'].get(c['key']), c['format'])} -> "
+                                    f"{format_score(r['after'].get(c['key']), c['format'])}" for r in metrics["runs"]))
+    table.add_row("time", *(f"{r['cost'].get('wall_seconds', 0):.0f} s" for r in metrics["runs"]))
     Console().print(table)
     typer.echo(f"wrote {out / 'metrics.json'}, {out / 'report.md'} and {out / 'report.html'}")
 
