@@ -266,13 +266,19 @@ def evaluate(
     table.add_column("")
     for r in metrics["runs"]:
         table.add_column(run_label(r), overflow="fold")
-    table.add_row("erased", *(f"{', '.join(r['targets'])} ({r['method']})" for r in metrics["runs"]))
+    table.add_row("erased", *(f"{_targets(r['targets'])} ({r['method']})" for r in metrics["runs"]))
     for c in metrics["columns"]:
         table.add_row(c["label"], *(f"{format_score(r['before'].get(c['key']), c['format'])} -> "
                                     f"{format_score(r['after'].get(c['key']), c['format'])}" for r in metrics["runs"]))
     table.add_row("time", *(f"{r['cost'].get('wall_seconds', 0):.0f} s" for r in metrics["runs"]))
     Console().print(table)
     typer.echo(f"wrote {out / 'metrics.json'}, {out / 'report.md'} and {out / 'report.html'}")
+
+
+def _targets(targets: list[str], width: int = 40) -> str:
+    """A run's erased concepts for a terminal cell: a memorization run's eight captions would fill the screen."""
+    text = ", ".join(targets)
+    return text if len(text) <= width or len(targets) == 1 else f"{len(targets)} prompts"
 
 
 @app.command()
@@ -311,7 +317,7 @@ def _print_comparison(rows: list[dict], columns: list[dict]) -> None:
         table.add_column(run_label(r), overflow="fold")
     fields = [
         ("method", lambda r: r["method"]),
-        ("erased", lambda r: f"{', '.join(r['targets'])} ({r['kind']})"),
+        ("erased", lambda r: f"{_targets(r['targets'])} ({r['kind']})"),
         ("settings", lambda r: ", ".join(f"{k} {v}" for k, v in r["settings"].items())),
         *((c["label"], lambda r, k=c["key"], f=c["format"]: format_score((r["scores"] or {}).get(k), f)) for c in columns),
         ("time", lambda r: "n/a" if r["wall_seconds"] is None else f"{r['wall_seconds']:.0f} s"),
@@ -355,7 +361,7 @@ def _print_scores(metrics: dict) -> None:
         table.add_column(column)
     for r in metrics["runs"]:
         b, a = r["before"], r["after"]
-        table.add_row(run_label(r), f"{', '.join(r['targets'])} ({r['method']})",
+        table.add_row(run_label(r), f"{_targets(r['targets'])} ({r['method']})",
                       *(f"{b[k]:.0%} -> {a[k]:.0%}" for k in ("UA", "IRA", "CRA")),
                       f"{r['cost'].get('wall_seconds', 0):.0f} s")
     Console().print(table)
