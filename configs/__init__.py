@@ -10,7 +10,7 @@ from pathlib import Path
 
 from erasure.errors import ErasureInputError
 
-PRESETS_DIR = Path(__file__).parent
+PRESETS_DIR = Path(__file__).resolve().parent  # resolved: the traversal check compares resolved paths
 
 
 def preset_path(name: str) -> Path:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import numbers
+import os
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Optional, Union
 
@@ -98,6 +99,26 @@ class UnlearnCanvasAccuracy(Metric):
         self.add_state("kind_confusion", torch.zeros(n_own, n_own, dtype=torch.long), dist_reduce_fx="sum")
         self.add_state("other_correct", torch.zeros(n_own + 1, dtype=torch.long), dist_reduce_fx="sum")
         self.add_state("other_total", torch.zeros(n_own + 1, dtype=torch.long), dist_reduce_fx="sum")
+
+    @classmethod
+    def from_file(cls, kind: str, targets: Iterable[int | str], path: Union[str, "os.PathLike[str]"], *,
+                  objects: Sequence[str], styles: Sequence[str], **kwargs: Any) -> "UnlearnCanvasAccuracy":
+        """With a classifier saved as TorchScript (e.g. a torchvision backbone with an object and a style
+        head, ``torch.jit.save(torch.jit.script(model), path)``): local, offline, no model code needed.
+        The module maps images (N, 3, H, W) in [0, 1] to (object logits, style logits); any input
+        normalisation belongs inside it. A missing or unreadable file is an ``ErasureInputError``."""
+        from pathlib import Path
+
+        file = Path(path).expanduser()
+        if not file.is_file():
+            raise ErasureInputError(f"classifier: no TorchScript file at {file}")
+        try:
+            module = torch.jit.load(str(file), map_location="cpu").eval()
+        except RuntimeError as exc:
+            raise ErasureInputError(f"classifier: {file} is not a TorchScript module ({str(exc).splitlines()[0]})") from None
+        metric = cls(kind, targets, module, objects=objects, styles=styles, **kwargs)
+        metric.classifier_name = file.name
+        return metric
 
     def update(self, images: Images, objects: Sequence[Label] | Tensor, styles: Sequence[Label] | Tensor) -> None:
         """Classify ``images`` and count them against the labels their prompts named."""

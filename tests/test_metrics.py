@@ -119,6 +119,33 @@ def test_unlearn_canvas_object_erasure_by_hand():
     assert r2["UA"] == pytest.approx(2 / 5)
 
 
+class _ScriptedTwoHeads(torch.nn.Module):
+    """FakeClassifier's answers as a TorchScript-able module (a stand-in for a saved torchvision classifier)."""
+
+    def __init__(self, objects: list[int], styles: list[int]):
+        super().__init__()
+        self.register_buffer("objects", F.one_hot(torch.tensor(objects), 3).float() * 5)
+        self.register_buffer("styles", F.one_hot(torch.tensor(styles), 3).float() * 5)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        i = (x[:, 0, 0, 0] * 255).round().long()
+        return self.objects[i], self.styles[i]
+
+
+def test_unlearn_canvas_with_a_classifier_from_a_torchscript_file(tmp_path):
+    module = _ScriptedTwoHeads([c[2] for c in CASES], [c[3] for c in CASES])
+    torch.jit.save(torch.jit.script(module), str(tmp_path / "judge.pt"))
+    metric = UnlearnCanvasAccuracy.from_file("style", {"x"}, tmp_path / "judge.pt", objects=OBJ3, styles=STY3)
+    metric.update(coded_images(len(CASES)), [c[0] for c in CASES], [c[1] for c in CASES])
+    r = metric.compute()
+    assert r == {**case_metric("style", {"x"}), "classifier": "judge.pt"}
+    with pytest.raises(ErasureInputError, match="no TorchScript file"):
+        UnlearnCanvasAccuracy.from_file("style", {"x"}, tmp_path / "missing.pt", objects=OBJ3, styles=STY3)
+    (tmp_path / "junk.pt").write_bytes(b"not a model")
+    with pytest.raises(ErasureInputError, match="not a TorchScript module"):
+        UnlearnCanvasAccuracy.from_file("style", {"x"}, tmp_path / "junk.pt", objects=OBJ3, styles=STY3)
+
+
 def test_unlearn_canvas_bad_input():
     clf = FakeClassifier([0], [0])
     with pytest.raises(ErasureInputError, match="kind"):
