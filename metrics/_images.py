@@ -6,6 +6,7 @@ here, so the checks (shape, dtype, range) and their error messages live in one p
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Union
 
@@ -75,3 +76,17 @@ def _pil_to_tensor(images: Sequence[Image.Image]) -> torch.Tensor:
         raise ErasureInputError(f"images: all images in one batch must have one size, got {sorted(sizes)}")
     arr = np.stack([np.asarray(im.convert("RGB"), dtype=np.uint8) for im in images])
     return torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 255.0
+
+
+def load_torchscript(path: Union[str, "os.PathLike[str]"], what: str) -> torch.nn.Module:
+    """A TorchScript module from a local file, on the CPU, in eval mode; a missing or unreadable file is
+    a one-line ``ErasureInputError`` naming ``what`` it was meant to be (e.g. "classifier")."""
+    from pathlib import Path
+
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise ErasureInputError(f"{what}: no TorchScript file at {file}")
+    try:
+        return torch.jit.load(str(file), map_location="cpu").eval()
+    except (RuntimeError, ValueError) as exc:
+        raise ErasureInputError(f"{what} {file}: not a TorchScript file ({str(exc).splitlines()[0]})") from None

@@ -22,7 +22,7 @@ from torchmetrics.utilities.data import dim_zero_cat
 
 from erasure.errors import ErasureInputError
 
-from ._images import Images, check_count, to_image_tensor
+from ._images import Images, check_count, load_torchscript, to_image_tensor
 
 logger = logging.getLogger(__name__)
 
@@ -76,12 +76,7 @@ class TorchScriptEmbedding(nn.Module):
                  std: Sequence[float] = IMAGENET_STD) -> None:
         super().__init__()
         path = Path(path).expanduser()
-        if not path.is_file():
-            raise ErasureInputError(f"embedding model: no TorchScript file at {path}")
-        try:
-            self.model = torch.jit.load(str(path), map_location="cpu").eval()
-        except (RuntimeError, ValueError) as exc:
-            raise ErasureInputError(f"embedding model {path}: not a TorchScript file ({str(exc).splitlines()[0]})") from None
+        self.model = load_torchscript(path, "embedding model")
         self.size = size
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)

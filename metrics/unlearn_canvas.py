@@ -14,7 +14,7 @@ from torchmetrics import Metric
 
 from erasure.errors import ErasureInputError
 
-from ._images import Images, check_count, to_image_tensor
+from ._images import Images, check_count, load_torchscript, to_image_tensor
 
 logger = logging.getLogger(__name__)
 
@@ -109,15 +109,9 @@ class UnlearnCanvasAccuracy(Metric):
         normalisation belongs inside it. A missing or unreadable file is an ``ErasureInputError``."""
         from pathlib import Path
 
-        file = Path(path).expanduser()
-        if not file.is_file():
-            raise ErasureInputError(f"classifier: no TorchScript file at {file}")
-        try:
-            module = torch.jit.load(str(file), map_location="cpu").eval()
-        except RuntimeError as exc:
-            raise ErasureInputError(f"classifier: {file} is not a TorchScript module ({str(exc).splitlines()[0]})") from None
+        module = load_torchscript(path, "classifier")
         metric = cls(kind, targets, module, objects=objects, styles=styles, **kwargs)
-        metric.classifier_name = file.name
+        metric.classifier_name = Path(path).name
         return metric
 
     def update(self, images: Images, objects: Sequence[Label] | Tensor, styles: Sequence[Label] | Tensor) -> None:

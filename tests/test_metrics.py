@@ -142,7 +142,7 @@ def test_unlearn_canvas_with_a_classifier_from_a_torchscript_file(tmp_path):
     with pytest.raises(ErasureInputError, match="no TorchScript file"):
         UnlearnCanvasAccuracy.from_file("style", {"x"}, tmp_path / "missing.pt", objects=OBJ3, styles=STY3)
     (tmp_path / "junk.pt").write_bytes(b"not a model")
-    with pytest.raises(ErasureInputError, match="not a TorchScript module"):
+    with pytest.raises(ErasureInputError, match="not a TorchScript file"):
         UnlearnCanvasAccuracy.from_file("style", {"x"}, tmp_path / "junk.pt", objects=OBJ3, styles=STY3)
 
 
