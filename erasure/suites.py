@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import asdict, dataclass, field
-from functools import partial
+from functools import cached_property, partial
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -345,9 +345,13 @@ class Context:
             stage = lambda done, total: progress(f"generate {name}", done, total, {})  # noqa: E731
         return generate_cached(pipe, prompts, self.settings, self.cache, stage)
 
+    @cached_property
+    def _labels(self) -> dict[str, str]:
+        return dict(zip(map(str, self.runs), run_labels(self.runs)))
+
     def label(self, run: str) -> str:
         """The run's name in grid files, progress and reports (``reports.run_labels``)."""
-        return dict(zip(map(str, self.runs), run_labels(self.runs)))[str(run)]
+        return self._labels[str(run)]
 
     def save_grid(self, run: str, image: Image.Image) -> str:
         from erasure.evaluation import shard
@@ -456,6 +460,7 @@ class CanvasFidelity:
         self.renders_per_caption, self.reference_seed = int(renders_per_caption), int(reference_seed)
         self.clip = CLIPScore.canvas_mini()
         self.features = CanvasEvaluatorFeatures()
+        self._references: dict[tuple[int, ...], list[Image.Image]] = {}  # per kept-caption set: before and after share it
 
     def score(self, images: Sequence[Image.Image], kind: str, targets: Sequence[int]) -> dict:
         """``clip_erased``, ``clip_others``, ``fid`` and ``kid`` of ``images`` (prompt-major, as the cases)."""
@@ -479,8 +484,11 @@ class CanvasFidelity:
     def references(self, cases: Sequence[Any]) -> list[Image.Image]:
         from erasure.pipelines.canvas.render import OBJECTS, STYLES, render
 
-        return [render(OBJECTS[c.object], STYLES[c.style], self.reference_seed * 1_000_003 + k)
-                for c in cases for k in range(self.renders_per_caption)]
+        key = tuple(self.cases.index(c) for c in cases)
+        if key not in self._references:
+            self._references[key] = [render(OBJECTS[c.object], STYLES[c.style], self.reference_seed * 1_000_003 + k)
+                                     for c in cases for k in range(self.renders_per_caption)]
+        return self._references[key]
 
     def _clip(self, images: list[Image.Image], prompts: list[str]) -> float | None:
         self.clip.reset()
