@@ -130,6 +130,7 @@ def evaluate(runs: list[Path], settings: SamplingSettings, out: Path, cache_dir:
             "sampling": sampling_speed(original, generator, prompts[:timing_prompts], settings),
             "cost": manifest.get("cost", {}), "edit_bytes": manifest.get("edit", {}).get("bytes", 0),
             "losses": {k: v for k, v in manifest["extra"].items() if "loss" in k},
+            "resumed_from_step": manifest["extra"].get("resumed_from_step", 0),
             "bar_met": a["UA"] >= BAR["UA"] and all(r is not None and r >= BAR["retained_ratio"] for r in ratio.values()),
             "grid": grid_name,
         })
@@ -152,13 +153,15 @@ def markdown(result: dict) -> str:
     ]
     for r in result["runs"]:
         a, b, c, sp = r["after"], r["before"], r["cost"], r["sampling"]
+        start = r.get("resumed_from_step", 0)
+        resumed = f" (steps {start}-{r['steps']})" if start else ""
         ratio = " | ".join(f"{v:.2f}" if v is not None else "n/a" for v in r["retained_ratio"].values())
         lines.append(
             f"| {', '.join(r['targets'])} ({r['kind']}) | {r['steps']} | {a['UA']:.1%} | {a['IRA']:.1%} | {a['CRA']:.1%} "
             f"| {b['UA']:.1%} | {b['IRA']:.1%} | {b['CRA']:.1%} | {ratio} "
             f"| {r['fid_kid_retained_before']['fid']:.2f} / {r['fid_kid_retained_after']['fid']:.2f} "
             f"| {sp['original_seconds_per_image']:.4f} / {sp['one_step_seconds_per_image']:.4f} | {sp['speedup']:.1f}x "
-            f"| {c.get('wall_seconds', 0):.0f} | {c.get('peak_memory_bytes', 0) / 2**30:.2f} | {r['edit_bytes'] / 1e6:.2f} "
+            f"| {c.get('wall_seconds', 0):.0f}{resumed} | {c.get('peak_memory_bytes', 0) / 2**30:.2f} | {r['edit_bytes'] / 1e6:.2f} "
             f"| {'yes' if r['bar_met'] else 'no'} |"
         )
     lines += ["", "FID proxy: canvas-evaluator features (not Inception), retained prompts only, against renders "
@@ -188,7 +191,7 @@ def main() -> None:
     settings = SamplingSettings(seeds=parse_seeds(args.seeds))
     result = evaluate(runs, settings, args.out / "eval", args.cache or args.out / "eval" / "cache", args.timing_prompts)
     result["command"] = "python bench/sfd_canvas.py " + " ".join(
-        [f"--styles {' '.join(args.styles)}", f"--objects {' '.join(args.objects)}", f"--seeds {args.seeds}"]
+        [f"--styles {' '.join(args.styles)}".strip(), f"--objects {' '.join(args.objects)}".strip(), f"--seeds {args.seeds}"]
         + ([f"--anchor {args.anchor!r}"] if args.anchor else []) + [f"--set {s}" for s in args.sets]
         + ([f"--timing-prompts {args.timing_prompts}"] if args.timing_prompts != 64 else []))
     result["machine"] = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads" + (

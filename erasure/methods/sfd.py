@@ -644,6 +644,7 @@ class _Run:
             "remain_prompts": len(self.sets.remain),
             "override_examples": dict(list(zip(self.sets.forget, self.sets.override))[:8]),
             "generator_parameters": int(sum(p.numel() for p in self.generator.parameters())),
+            "resumed_from_step": self.start_step,  # > 0: the cost's wall time covers the steps from here on only
             "fake_loss_first": self.losses["fake"][0] if self.losses["fake"] else None,
             "fake_loss_mean_last_10pct": tail(self.losses["fake"]),
             "generator_loss_first": self.losses["generator"][0] if self.losses["generator"] else None,
