@@ -20,7 +20,7 @@ import pytest
 import torch
 from PIL import Image
 
-from erasure import erase
+from erasure import ErasureRequest, erase
 from erasure.errors import ErasureInputError
 from erasure.pipelines import generate, load_erased, load_pipeline
 
@@ -29,6 +29,9 @@ gradio_client = pytest.importorskip("gradio_client")
 # A few ESD steps on a 4-step DDIM grid: enough to move the weights, fast on a CPU.
 TINY = dict(steps=6, ddim_steps=4, lr=1e-3, precompute_batch=8, checkpoint_every=0)
 SAMPLING = dict(steps=3, guidance=5.0)
+# Two SFD steps make a one-step generator run (sampled in one UNet call, whatever the sampler settings).
+SFD_REQUEST = ErasureRequest(["a cat"], anchor="a dog", prompts=["a photo of a cat"], retain=["a red car"])
+SFD_TINY = dict(steps=2, batch_size=1, generator_lr=1e-3, fake_lr=1e-3, guidance=1.0, checkpoint_every=0)
 BROWSER_TIMEOUT_MS = 180_000
 
 
@@ -43,6 +46,7 @@ def runs_dir(tiny_sd, tmp_path_factory) -> Path:
     runs = tmp_path_factory.mktemp("runs")
     erase(load_pipeline(tiny_sd.folder, device="cpu"), "a cat", out=runs / "cat", **TINY)
     erase(load_pipeline(tiny_sd.folder, device="cpu"), "a dog", out=runs / "dog", **{**TINY, "steps": 2})
+    erase(load_pipeline(tiny_sd.folder, device="cpu"), SFD_REQUEST, "sfd", out=runs / "one-step", **SFD_TINY)
     (runs / "cat" / "metrics.json").write_text(json.dumps({"ua": 0.75, "fid": {"value": 12.5}, "note": "text"}))
     (runs / "corrupt").mkdir()
     (runs / "corrupt" / "manifest.json").write_text("{not json")
@@ -107,14 +111,14 @@ def test_runs_are_listed_with_their_status_and_metrics(runs_dir):
 
     entries = {e.name: e for e in scan_runs(runs_dir)}
     status = {name: e.status for name, e in entries.items()}
-    assert status == {"cat": "ok", "dog": "ok", "corrupt": "broken", "truncated": "broken",
+    assert status == {"cat": "ok", "dog": "ok", "one-step": "ok", "corrupt": "broken", "truncated": "broken",
                       "unfinished": "unfinished", "eval": "evaluation"}
     assert "malformed JSON" in entries["corrupt"].problem and str(runs_dir) not in entries["corrupt"].problem
     assert "truncated" in entries["truncated"].problem
     assert entries["cat"].metrics == {"ua": 0.75, "fid.value": 12.5}
     assert entries["dog"].metrics == {"UA": 0.9, "IRA": 0.8, "UA (original)": 0.1}  # from the evaluation report
     headers, rows = metrics_rows(list(entries.values()))
-    assert [r[0] for r in rows] == ["cat", "dog"]
+    assert [r[0] for r in rows] == ["cat", "dog", "one-step"]
     cat = dict(zip(headers, rows[0]))
     assert cat["method"] == "esd" and cat["concept"] == "a cat" and cat["steps"] == TINY["steps"]
     assert cat["ua"] == 0.75 and cat["edit size (MB)"] > 0 and cat["wall time (s)"] >= 0 and cat["UA"] is None
@@ -260,6 +264,19 @@ def test_client_several_runs_side_by_side(client, tiny_sd):
     _, gallery, status = _compare(client, tiny_sd, ["cat", "dog"], seeds="3")
     assert [item["caption"] for item in gallery] == ["original, seed 3", "cat, seed 3", "dog, seed 3"]
     assert "3 images" in status
+
+
+def test_client_samples_an_sfd_run_with_its_one_step_generator(client, tiny_sd, runs_dir):
+    from erasure.pipelines.one_step import OneStepPipeline
+
+    _, gallery, _ = _compare(client, tiny_sd, ["one-step"], seeds="2")
+    erased = load_erased(runs_dir / "one-step", base=load_pipeline(tiny_sd.folder, device="cpu"))
+    assert isinstance(erased, OneStepPipeline)
+    one_step = generate(erased, "a cat", seeds=[2], **SAMPLING)  # the sampler's steps and guidance are ignored
+    multi_step = generate(erased.pipe, "a cat", seeds=[2], **SAMPLING)  # the same weights, the original sampler
+    shown = _open(gallery[1]["image"])
+    assert _same_render(shown, _shown(one_step[0]))
+    assert not _same_render(shown, _shown(multi_step[0]))
 
 
 @pytest.mark.parametrize("runs, message", [

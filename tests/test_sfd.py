@@ -344,6 +344,18 @@ def test_nan_samples_are_masked_during_training(tiny_sd, monkeypatch):
     assert all(v == v for v in (edit.extra["fake_loss_first"], edit.extra["generator_loss_first"]))  # not NaN
 
 
+def test_gradient_checkpointing_changes_nothing(tiny_sd):
+    """Checkpointing all three UNets (for GPU memory) gives the same generator, and is switched off afterwards."""
+    config = {**TINY, "steps": 2}
+    plain = SFD(SFDConfig(**config))(fresh(tiny_sd), request())
+    pipe = fresh(tiny_sd)
+    checkpointed = SFD(SFDConfig(**config, gradient_checkpointing=True))(pipe, request())
+    assert not pipe.unet.is_gradient_checkpointing
+    assert plain.tensors.keys() == checkpointed.tensors.keys() and plain.tensors
+    for k in plain.tensors:
+        assert torch.allclose(plain.tensors[k], checkpointed.tensors[k], atol=1e-6), k
+
+
 # ----------------------------------------------------------------------------- run folders and resume
 def test_resume_equals_an_uninterrupted_run_and_the_run_folder_loads(tiny_sd, tmp_path):
     config = {**TINY, "steps": 3, "checkpoint_every": 2}
@@ -364,10 +376,10 @@ def test_resume_equals_an_uninterrupted_run_and_the_run_folder_loads(tiny_sd, tm
     starts = []
     resumed = erase(fresh(tiny_sd), request(), "sfd", out=run, resume=True, **config,
                     progress=lambda stage, done, total, m: starts.append(done) if stage == "training" else None)
-    assert starts[0] == 2
+    assert starts[0] == 2 and resumed.extra["resumed_from_step"] == 2
     whole_dir = tmp_path / "whole"
     whole = erase(fresh(tiny_sd), request(), "sfd", out=whole_dir, **config)
-    assert resumed.tensors.keys() == whole.tensors.keys() and whole.tensors
+    assert resumed.tensors.keys() == whole.tensors.keys() and whole.tensors and whole.extra["resumed_from_step"] == 0
     for k in whole.tensors:
         assert torch.allclose(resumed.tensors[k], whole.tensors[k], atol=1e-6), k
 
