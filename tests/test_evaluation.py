@@ -280,3 +280,24 @@ def test_runs_with_the_same_folder_name_get_distinct_grid_names(tmp_path):
     runs = [str(tmp_path / "esd" / "style-dotted"), str(tmp_path / "advunlearn" / "style-dotted"), str(tmp_path / "striped")]
     ctx = Context("canvas-mini", runs, [], {}, TINY, None, tmp_path, None)
     assert [ctx.label(r) for r in runs] == ["esd-style-dotted", "advunlearn-style-dotted", "striped"]
+
+
+def test_an_sfd_run_is_evaluated_through_its_one_step_generator(tmp_path, monkeypatch):
+    """Evaluation samples an SFD run with the one-step sampler its manifest names, not the original's."""
+    from erasure.pipelines.one_step import OneStepPipeline
+
+    run = tmp_path / "sfd-dotted"
+    erase(load_pipeline("canvas-mini"), ErasureRequest(["dotted"], kind="style"), "sfd", out=run,
+          steps=2, batch_size=1, guidance=1.0, checkpoint_every=0)
+    prompts: list[str] = []
+    one_step_call = OneStepPipeline.__call__
+
+    def counted(self, prompt, *args, **kwargs):
+        prompts.extend([prompt] if isinstance(prompt, str) else prompt)
+        return one_step_call(self, prompt, *args, **kwargs)
+
+    monkeypatch.setattr(OneStepPipeline, "__call__", counted)
+    metrics = evaluate_runs("canvas-mini", [run], out=tmp_path / "eval", settings=TINY)
+    (result,) = metrics["runs"]
+    assert result["method"] == "sfd" and 0.0 <= result["after"]["UA"] <= 1.0
+    assert len(prompts) == len(canvas_cases()) * len(TINY.seeds)  # every "after" image, none of the "before" ones
