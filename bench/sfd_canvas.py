@@ -130,7 +130,7 @@ def evaluate(runs: list[Path], settings: SamplingSettings, out: Path, cache_dir:
             "sampling": sampling_speed(original, generator, prompts[:timing_prompts], settings),
             "cost": manifest.get("cost", {}), "edit_bytes": manifest.get("edit", {}).get("bytes", 0),
             "losses": {k: v for k, v in manifest["extra"].items() if "loss" in k},
-            "resumed_from_step": manifest["extra"].get("resumed_from_step", 0),
+            "resumed_from_step": manifest["extra"].get("resumed_from_step"),  # None: a run made before it was recorded
             "bar_met": a["UA"] >= BAR["UA"] and all(r is not None and r >= BAR["retained_ratio"] for r in ratio.values()),
             "grid": grid_name,
         })
@@ -153,7 +153,7 @@ def markdown(result: dict) -> str:
     ]
     for r in result["runs"]:
         a, b, c, sp = r["after"], r["before"], r["cost"], r["sampling"]
-        start = r.get("resumed_from_step", 0)
+        start = r.get("resumed_from_step") or 0
         resumed = f" (steps {start}-{r['steps']})" if start else ""
         ratio = " | ".join(f"{v:.2f}" if v is not None else "n/a" for v in r["retained_ratio"].values())
         lines.append(
