@@ -44,9 +44,10 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def runs_dir(tiny_sd, tmp_path_factory) -> Path:
     runs = tmp_path_factory.mktemp("runs")
+    # The SFD run first: the app preselects the newest run ("dog").
+    erase(load_pipeline(tiny_sd.folder, device="cpu"), SFD_REQUEST, "sfd", out=runs / "one-step", **SFD_TINY)
     erase(load_pipeline(tiny_sd.folder, device="cpu"), "a cat", out=runs / "cat", **TINY)
     erase(load_pipeline(tiny_sd.folder, device="cpu"), "a dog", out=runs / "dog", **{**TINY, "steps": 2})
-    erase(load_pipeline(tiny_sd.folder, device="cpu"), SFD_REQUEST, "sfd", out=runs / "one-step", **SFD_TINY)
     (runs / "cat" / "metrics.json").write_text(json.dumps({"ua": 0.75, "fid": {"value": 12.5}, "note": "text"}))
     (runs / "corrupt").mkdir()
     (runs / "corrupt" / "manifest.json").write_text("{not json")
@@ -308,9 +309,9 @@ def test_client_lists_broken_runs(client):
     listed = {row[0]: row for row in _value(runs_table)["data"]}
     assert listed["corrupt"][1] == "broken" and "malformed JSON" in listed["corrupt"][-1]
     assert listed["cat"][1] == "ok" and listed["unfinished"][1] == "unfinished"
-    assert {c[1] for c in menu["choices"]} == {"cat", "dog"}  # only finished runs can be chosen
+    assert {c[1] for c in menu["choices"]} == {"cat", "dog", "one-step"}  # only finished runs can be chosen
     assert menu["value"] == ["dog"]  # the newest finished run made for the default model
-    assert [row[0] for row in _value(metrics_table)["data"]] == ["cat", "dog"]
+    assert [row[0] for row in _value(metrics_table)["data"]] == ["cat", "dog", "one-step"]
     assert plot["visible"] is True  # two runs have the measure
 
 
