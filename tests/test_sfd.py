@@ -1,7 +1,8 @@
-"""SFD (score forgetting distillation into a one-step generator) on a tiny SD pipeline.
+"""SFD (score forgetting distillation into a one-step generator) on a tiny SD pipeline and on canvas-mini.
 
 The loss formulas on hand-made tensors, the prompt sets and timesteps, which conditions reach the
-frozen teacher, NaN masking, one-UNet-call sampling, run folders, load and resume.
+frozen teacher, NaN masking, one-UNet-call sampling, run folders, load and resume; on canvas-mini, a
+short run after which the one-step generator stops drawing the erased style and keeps others.
 """
 
 from __future__ import annotations
