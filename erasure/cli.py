@@ -11,7 +11,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Callable, Optional
 
 import typer
 
@@ -231,9 +231,6 @@ def evaluate(
     device: DeviceOpt = "auto",
 ) -> None:
     """Score erased runs against the original on a suite; writes metrics.json, report.md and report.html."""
-    from rich.console import Console
-    from rich.table import Table
-
     from erasure.evaluation import evaluate_runs, format_score
     from erasure.pipelines.generation import parse_seeds
     from erasure.suites import EvalOptions, check_inputs, load_suite, suite_settings
@@ -257,21 +254,17 @@ def evaluate(
         metrics = evaluate_runs(original, erased, suite=suite, out=out, settings=settings, options=options,
                                 device=device, progress=bars)
     from erasure.evaluation import shard
-    from erasure.reports import run_label
 
     if shard()[0] != 0:  # under a launcher every process holds the same scores: the main one prints them
         return
-    # One column per run, one row per score (as `erasure compare`): suites report up to a dozen scores.
-    table = Table(title=f"{metrics['suite']} suite: original -> erased")
-    table.add_column("")
-    for r in metrics["runs"]:
-        table.add_column(run_label(r), overflow="fold")
-    table.add_row("erased", *(f"{_targets(r['targets'])} ({r['method']})" for r in metrics["runs"]))
-    for c in metrics["columns"]:
-        table.add_row(c["label"], *(f"{format_score(r['before'].get(c['key']), c['format'])} -> "
-                                    f"{format_score(r['after'].get(c['key']), c['format'])}" for r in metrics["runs"]))
-    table.add_row("time", *(f"{r['cost'].get('wall_seconds', 0):.0f} s" for r in metrics["runs"]))
-    Console().print(table)
+    fields = [
+        ("erased", lambda r: f"{_targets(r['targets'])} ({r['method']})"),
+        *((c["label"], lambda r, k=c["key"], f=c["format"]: f"{format_score(r['before'].get(k), f)} -> "
+                                                              f"{format_score(r['after'].get(k), f)}")
+          for c in metrics["columns"]),
+        ("time", lambda r: f"{r['cost'].get('wall_seconds', 0):.0f} s"),
+    ]
+    _print_per_run(f"{metrics['suite']} suite: original -> erased", metrics["runs"], fields)
     typer.echo(f"wrote {out / 'metrics.json'}, {out / 'report.md'} and {out / 'report.html'}")
 
 
@@ -303,18 +296,8 @@ def compare(
 
 
 def _print_comparison(rows: list[dict], columns: list[dict]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     from erasure.evaluation import format_score
-    from erasure.reports import run_label
 
-    # One column per run, one row per field: a comparison has few runs and many scores, and a
-    # terminal is wider than it is tall only by so much.
-    table = Table(title="runs compared (scores after erasure)")
-    table.add_column("")
-    for r in rows:
-        table.add_column(run_label(r), overflow="fold")
     fields = [
         ("method", lambda r: r["method"]),
         ("erased", lambda r: f"{_targets(r['targets'])} ({r['kind']})"),
@@ -323,8 +306,23 @@ def _print_comparison(rows: list[dict], columns: list[dict]) -> None:
         ("time", lambda r: "n/a" if r["wall_seconds"] is None else f"{r['wall_seconds']:.0f} s"),
         ("edit", lambda r: "n/a" if r["edit_bytes"] is None else f"{r['edit_bytes'] / 1e3:.0f} KB"),
     ]
+    _print_per_run("runs compared (scores after erasure)", rows, fields)
+
+
+def _print_per_run(title: str, runs: list[dict], fields: list[tuple[str, Callable[[dict], str]]]) -> None:
+    """A table with one column per run and one row per (label, cell) field: runs are few and scores many
+    (up to a dozen per suite), and a terminal is wider than it is tall only by so much."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from erasure.reports import run_label
+
+    table = Table(title=title)
+    table.add_column("")
+    for r in runs:
+        table.add_column(run_label(r), overflow="fold")
     for label, cell in fields:
-        table.add_row(label, *(cell(r) for r in rows))
+        table.add_row(label, *(cell(r) for r in runs))
     Console().print(table)
 
 
