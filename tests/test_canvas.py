@@ -91,6 +91,87 @@ def test_diffusion_training_resumes_exactly(tmp_path):
         torch.testing.assert_close(a, b)
 
 
+def _tiny_two_stage(out, finetune_lr: float = 1e-30):
+    """Both diffusion stages on one render per pair, with the shipped evaluator copied in (so its stage
+    is skipped: training it is minutes) and no CLIP."""
+    import shutil
+
+    from erasure.pipelines.canvas.train import DiffusionSettings, TrainSettings
+
+    s = TrainSettings(out=str(out), per_pair=1, memorization_repeats=1, clip=False,
+                      diffusion=DiffusionSettings(steps=3, batch_size=2, warmup=1, checkpoint_every=2),
+                      finetune=DiffusionSettings(steps=2, batch_size=2, warmup=1, lr=finetune_lr, text_lr=finetune_lr,
+                                                 min_snr_gamma=0.0, checkpoint_every=1))
+    if not (out / "evaluator").exists():
+        shutil.copytree(MODEL_DIR / "evaluator", out / "evaluator")
+    return s
+
+
+@shipped
+def test_two_stage_recipe_fine_tunes_the_first_stage_and_records_both(tmp_path):
+    """The default recipe: stage 1 writes "pretrained"; the fine-tune starts from its EMA weights (a zero
+    learning rate keeps them), and training.json records both stages' seconds and settings."""
+    import json
+
+    from erasure.pipelines import load_pipeline
+    from erasure.pipelines.canvas.train import TrainSettings, train_all
+
+    model_dir = train_all(_tiny_two_stage(tmp_path))
+    first, final = load_pipeline(str(tmp_path / "pretrained")), load_pipeline(str(model_dir))
+    for a, b in zip(first.unet.parameters(), final.unet.parameters()):
+        torch.testing.assert_close(a, b)
+    for a, b in zip(first.text_encoder.parameters(), final.text_encoder.parameters()):
+        torch.testing.assert_close(a, b)
+    record = json.loads((tmp_path / "training.json").read_text())
+    assert record["wall_time_s"]["diffusion_s"] > 0 and record["wall_time_s"]["finetune_s"] > 0
+    assert record["settings"]["finetune"]["min_snr_gamma"] == 0.0 and record["settings"]["diffusion"]["steps"] == 3
+    assert TrainSettings.from_dict(record["settings"]) == _tiny_two_stage(tmp_path)
+
+
+@shipped
+def test_two_stage_recipe_resumes_inside_the_fine_tune(tmp_path):
+    """Killed during the fine-tune and run again: the same weights as an uninterrupted run, and the
+    recorded seconds include the killed process's."""
+    import json
+
+    from erasure.pipelines import load_pipeline
+    from erasure.pipelines.canvas.train import stage_seconds, train_all
+
+    full = load_pipeline(str(train_all(_tiny_two_stage(tmp_path / "full", finetune_lr=1e-3))))
+
+    def interrupt(stage, done, total, metrics):
+        if stage == "finetune" and done == 2:
+            raise KeyboardInterrupt
+
+    broken = tmp_path / "broken"
+    with pytest.raises(KeyboardInterrupt):
+        train_all(_tiny_two_stage(broken, finetune_lr=1e-3), interrupt)
+    assert (broken / "pretrained" / "model_index.json").exists() and not (broken / "canvas-mini").exists()
+    killed = stage_seconds(broken, "finetune")
+    assert killed > 0
+    resumed = load_pipeline(str(train_all(_tiny_two_stage(broken, finetune_lr=1e-3))))
+    for a, b in zip(full.unet.parameters(), resumed.unet.parameters()):
+        torch.testing.assert_close(a, b)
+    assert json.loads((broken / "training.json").read_text())["wall_time_s"]["finetune_s"] > killed
+
+
+def test_resuming_with_other_settings_is_refused(tmp_path, capsys):
+    """`erasure canvas train` on a folder trained with other options: one line, exit 2, the folder untouched."""
+    from erasure.cli import main
+    from erasure.pipelines.canvas.train import TrainSettings
+
+    (tmp_path / "settings.json").write_text(TrainSettings(out=str(tmp_path)).to_json())
+    before = sorted(tmp_path.iterdir())
+    with pytest.raises(SystemExit) as exit_info:
+        main(["canvas", "train", "--out", str(tmp_path), "--finetune-steps", "10"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "other settings (finetune differ)" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1 and sorted(tmp_path.iterdir()) == before
+    with pytest.raises(SystemExit) as exit_info:
+        main(["canvas", "train", "--out", str(tmp_path), "--finetune-steps", "-1"])
+    assert exit_info.value.code == 2
+
+
 @shipped
 def test_fine_tune_starts_from_the_shipped_model_and_keeps_its_judges(tmp_path):
     """--init-from canvas-mini: the weights start as the shipped ones (a zero learning rate keeps them),
@@ -101,7 +182,8 @@ def test_fine_tune_starts_from_the_shipped_model_and_keeps_its_judges(tmp_path):
     from erasure.pipelines.canvas.model import MODEL_DIR
     from erasure.pipelines.canvas.train import TrainSettings, _min_snr_weights, train_all
 
-    s = TrainSettings(out=str(tmp_path), per_pair=1, memorization_repeats=1, clip=True, init_from="canvas-mini")
+    s = TrainSettings(out=str(tmp_path), per_pair=1, memorization_repeats=1, clip=True, init_from="canvas-mini",
+                      finetune=None)
     s.diffusion.steps, s.diffusion.batch_size, s.diffusion.warmup = 2, 2, 1
     s.diffusion.lr = s.diffusion.text_lr = 1e-30
     s.diffusion.min_snr_gamma = 0.0
