@@ -36,6 +36,13 @@ def score(pipe, captions: list[str], seeds: list[int], threshold: float) -> dict
     return {**memorization_summary(sims, threshold), "utility": utility(pipe, UTILITY_SEEDS)}
 
 
+def score_cells(s: dict) -> str:
+    """A scored model's table cells: memorized share | mean similarity | style acc. | object acc."""
+    u = s["utility"]
+    return (f"{s['memorized_share']:.1%} | {s['similarity_mean']:.3f} | {u['style_accuracy']:.1%} "
+            f"| {u['object_accuracy']:.1%}")
+
+
 def markdown(r: dict) -> str:
     o = r["original"]
     lines = [
@@ -46,14 +53,10 @@ def markdown(r: dict) -> str:
         "",
         "| rho | tau | pruned (% of UNet) | memorized share | mean similarity | style acc. | object acc. | time (s) |",
         "|---|---|---|---|---|---|---|---|",
-        f"| original | | 0 | {o['memorized_share']:.1%} | {o['similarity_mean']:.3f} | {o['utility']['style_accuracy']:.1%} "
-        f"| {o['utility']['object_accuracy']:.1%} | |",
+        f"| original | | 0 | {score_cells(o)} | |",
     ]
     for p in r["points"]:
-        u = p["utility"]
-        lines.append(f"| {p['rho']} | {p['tau']} | {p['fraction_of_unet']:.3%} | {p['memorized_share']:.1%} "
-                     f"| {p['similarity_mean']:.3f} | {u['style_accuracy']:.1%} | {u['object_accuracy']:.1%} "
-                     f"| {p['wall_seconds']:.0f} |")
+        lines.append(f"| {p['rho']} | {p['tau']} | {p['fraction_of_unet']:.3%} | {score_cells(p)} | {p['wall_seconds']:.0f} |")
     return "\n".join(lines) + "\n"
 
 
