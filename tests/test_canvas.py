@@ -147,6 +147,7 @@ def test_two_stage_recipe_resumes_inside_the_fine_tune(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         train_all(_tiny_two_stage(broken, finetune_lr=1e-3), interrupt)
     assert (broken / "pretrained" / "model_index.json").exists() and not (broken / "canvas-mini").exists()
+    assert "diffusion_s" in json.loads((broken / "training.json").read_text())["wall_time_s"]  # kept from the first stage
     killed = stage_seconds(broken, "finetune")
     assert killed > 0
     resumed = load_pipeline(str(train_all(_tiny_two_stage(broken, finetune_lr=1e-3))))

@@ -304,6 +304,16 @@ def train_all(settings: TrainSettings, progress: ProgressFn | None = None) -> Pa
     # A resumed run keeps the wall times of the stages finished before it.
     timings: dict[str, float] = json.loads(record_path.read_text())["wall_time_s"] if record_path.exists() else {}
     source = init_source(settings.init_from) if settings.init_from is not None else None
+
+    def save_record() -> None:
+        """Written after every stage, so that a run killed later still has the finished stages' times."""
+        record = {"settings": json.loads(settings.to_json()), "wall_time_s": timings,
+                  "torch": torch.__version__, "threads": torch.get_num_threads()}
+        if source is not None and source["record"].is_file():
+            record["init_from"] = json.loads(source["record"].read_text())  # the starting point's own record
+        with atomic_path(record_path) as tmp:
+            tmp.write_text(json.dumps(record, indent=2))
+
     if source is not None:
         for name in ("evaluator", "clip"):
             if source[name].is_dir() and not (out / name).exists():
@@ -313,6 +323,7 @@ def train_all(settings: TrainSettings, progress: ProgressFn | None = None) -> Pa
     data = prepare_data(settings)
     if rendered:
         timings["data_s"] = time.time() - start
+        save_record()
 
     evaluator_dir = out / "evaluator"
     if not (evaluator_dir / "evaluator.safetensors").exists():
@@ -322,6 +333,7 @@ def train_all(settings: TrainSettings, progress: ProgressFn | None = None) -> Pa
                                 EvaluatorSettings(seed=settings.seed), progress)
         _atomic_dir(evaluator_dir, model.save)
         timings["evaluator_s"] = time.time() - t
+        save_record()
 
     clip_dir = out / "clip"
     if settings.clip and not (clip_dir / "open_clip_model.safetensors").exists():
@@ -331,6 +343,7 @@ def train_all(settings: TrainSettings, progress: ProgressFn | None = None) -> Pa
         clip = train_clip(data, ClipSettings(seed=settings.seed), progress)
         _atomic_dir(clip_dir, lambda d: save_clip(clip, d))
         timings["clip_s"] = time.time() - t
+        save_record()
 
     model_dir = out / "canvas-mini"
     # Without a fine-tune the first stage writes the model itself; with one, it writes "pretrained".
@@ -343,12 +356,9 @@ def train_all(settings: TrainSettings, progress: ProgressFn | None = None) -> Pa
             pipe = train_diffusion(settings, data, progress, stage=stage, init=init)
             _atomic_dir(stage_dir, lambda d: pipe.save_pretrained(d, safe_serialization=True))
             timings[f"{stage}_s"] = stage_seconds(out, stage)
+            save_record()
         init = stage_dir
-    record = {"settings": json.loads(settings.to_json()), "wall_time_s": timings,
-              "torch": torch.__version__, "threads": torch.get_num_threads()}
-    if source is not None and source["record"].is_file():
-        record["init_from"] = json.loads(source["record"].read_text())  # the starting point's own record
-    record_path.write_text(json.dumps(record, indent=2))
+    save_record()
     return model_dir
 
 
