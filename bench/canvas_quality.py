@@ -5,8 +5,9 @@
 Measures: evaluator accuracy on held-out real renders; evaluator accuracy on generations (every
 object x style pair, UnlearnCanvas' caption template, N seeds); memorization of each target
 (similarity of generations to its training image vs. how similar ordinary generations are to their
-nearest training image); sampling time per image on this machine. Writes canvas_quality.json and
-.md, and docs/canvas-mini-grid.png (objects x styles, seed 0).
+nearest training image); sampling time per image on this machine. Writes canvas_quality.json (into
+--out), the objects x styles grid of seed 0 (--grid, default docs/canvas-mini-grid.png) and the
+memorization picture beside it (docs/canvas-mini-memorization.png).
 """
 
 from __future__ import annotations
@@ -51,6 +52,13 @@ def memorization(embedding, ordinary: np.ndarray, train: np.ndarray, target_gens
         "target_vs_other_targets": r["other_references"],
         "embedding": r["embedding"],
     }
+
+
+def memorization_picture(grid: Path) -> Path:
+    """Where the memorization picture goes: beside the grid, named after it (canvas-mini-grid.png ->
+    canvas-mini-memorization.png), so that scoring another model does not overwrite the shipped one's."""
+    stem = grid.stem.replace("grid", "memorization") if "grid" in grid.stem else f"{grid.stem}-memorization"
+    return grid.with_name(stem + ".png")
 
 
 def main() -> None:
@@ -116,7 +124,7 @@ def main() -> None:
                       + [Image.fromarray(a).resize((96, 96), 0) for a in targets],
                       rows=2, cols=len(targets), row_labels=["generated", "training"],
                       col_labels=[f"target {i}" for i in range(len(targets))])
-    grid.save(Path(args.grid).with_name("canvas-mini-memorization.png"))
+    grid.save(memorization_picture(Path(args.grid)))
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "canvas_quality.json").write_text(json.dumps(result, indent=2))
     print(json.dumps({k: v for k, v in result.items() if k != "memorization"}, indent=2))
