@@ -63,6 +63,8 @@ def train(
     settings = TrainSettings(out=str(out), seed=seed, threads=threads, init_from=init_from, diffusion=diffusion)
     if finetune_steps is None:
         finetune_steps = 0 if init_from is not None else settings.finetune.steps  # --init-from is a fine-tune already
+    if finetune_steps == 0 and finetune_lr is not None:
+        raise typer.BadParameter("needs a fine-tune stage (--finetune-steps N)", param_hint="--finetune-lr")
     settings.finetune = None if finetune_steps == 0 else replace(
         settings.finetune, steps=finetune_steps, **({"lr": finetune_lr} if finetune_lr is not None else {}))
     columns = (TextColumn("{task.description:>10}"), BarColumn(), MofNCompleteColumn(),

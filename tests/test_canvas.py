@@ -168,9 +168,10 @@ def test_resuming_with_other_settings_is_refused(tmp_path, capsys):
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and "other settings (finetune differ)" in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1 and sorted(tmp_path.iterdir()) == before
-    with pytest.raises(SystemExit) as exit_info:
-        main(["canvas", "train", "--out", str(tmp_path), "--finetune-steps", "-1"])
-    assert exit_info.value.code == 2
+    for bad in (["--finetune-steps", "-1"], ["--finetune-steps", "0", "--finetune-lr", "1e-4"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["canvas", "train", "--out", str(tmp_path / "new"), *bad])
+        assert exit_info.value.code == 2 and not (tmp_path / "new").exists()
 
 
 @shipped
