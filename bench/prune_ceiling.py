@@ -25,7 +25,7 @@ from erasure.pipelines import load_pipeline
 from erasure.pipelines.canvas.render import MEMORIZATION_TARGETS
 from erasure.pipelines.generation import parse_seeds
 from prune_canvas import RESULTS
-from prune_sweep import UTILITY_SEEDS, score, score_cells
+from prune_sweep import protocol_line, saved_threshold, score, score_cells
 
 #: (name, pattern of the zeroed parameters)
 GROUPS = (
@@ -54,8 +54,7 @@ def markdown(r: dict) -> str:
     lines = [
         "# Memorization on canvas-mini: which layers carry it",
         "",
-        f"`{r['command']}` on {r['machine']}; threshold {r['threshold']:.3f} (bench/results/prune_canvas.json); "
-        f"similarity on {len(r['seeds'])} seeds per caption, accuracy on the 64 ordinary captions x {len(UTILITY_SEEDS)} seeds.",
+        protocol_line(r),
         "",
         "| zeroed | weights (% of UNet) | memorized share | mean similarity | style acc. | object acc. |",
         "|---|---|---|---|---|---|",
@@ -70,10 +69,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", default="0-3")
     args = ap.parse_args()
-    bench = RESULTS / "prune_canvas.json"
-    if not bench.exists():
-        raise SystemExit("bench/results/prune_canvas.json is missing: run python bench/prune_canvas.py first")
-    threshold = json.loads(bench.read_text())["threshold"]["threshold"]
+    threshold = saved_threshold()
     seeds = parse_seeds(args.seeds)
     captions = [m.caption for m in MEMORIZATION_TARGETS]
     pipe = load_pipeline("canvas-mini")

@@ -36,6 +36,20 @@ def score(pipe, captions: list[str], seeds: list[int], threshold: float) -> dict
     return {**memorization_summary(sims, threshold), "utility": utility(pipe, UTILITY_SEEDS)}
 
 
+def saved_threshold() -> float:
+    """The memorization threshold bench/prune_canvas.py measured (that bench must have run)."""
+    bench = RESULTS / "prune_canvas.json"
+    if not bench.exists():
+        raise SystemExit("bench/results/prune_canvas.json is missing: run python bench/prune_canvas.py first")
+    return json.loads(bench.read_text())["threshold"]["threshold"]
+
+
+def protocol_line(r: dict) -> str:
+    """The results' how-measured line: command, machine, threshold, seeds."""
+    return (f"`{r['command']}` on {r['machine']}; threshold {r['threshold']:.3f} (bench/results/prune_canvas.json); "
+            f"similarity on {len(r['seeds'])} seeds per caption, accuracy on the 64 ordinary captions x {len(UTILITY_SEEDS)} seeds.")
+
+
 def score_cells(s: dict) -> str:
     """A scored model's table cells: memorized share | mean similarity | style acc. | object acc."""
     u = s["utility"]
@@ -48,8 +62,7 @@ def markdown(r: dict) -> str:
     lines = [
         "# Memorization pruning on canvas-mini: rho x tau sweep",
         "",
-        f"`{r['command']}` on {r['machine']}; threshold {r['threshold']:.3f} (bench/results/prune_canvas.json); "
-        f"similarity on {len(r['seeds'])} seeds per caption, accuracy on the 64 ordinary captions x {len(UTILITY_SEEDS)} seeds.",
+        protocol_line(r),
         "",
         "| rho | tau | pruned (% of UNet) | memorized share | mean similarity | style acc. | object acc. | time (s) |",
         "|---|---|---|---|---|---|---|---|",
@@ -67,10 +80,7 @@ def main() -> None:
     ap.add_argument("--seeds", default="0-3")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "runs" / "prune-sweep")
     args = ap.parse_args()
-    bench = RESULTS / "prune_canvas.json"
-    if not bench.exists():
-        raise SystemExit("bench/results/prune_canvas.json is missing: run python bench/prune_canvas.py first")
-    threshold = json.loads(bench.read_text())["threshold"]["threshold"]
+    threshold = saved_threshold()
     seeds = parse_seeds(args.seeds)
     captions = [m.caption for m in MEMORIZATION_TARGETS]
     request = ErasureRequest(captions, kind="memorized")
