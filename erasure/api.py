@@ -25,6 +25,7 @@ from erasure.edit import CHECKPOINT_DIR, MANIFEST, Edit, base_description
 from erasure.errors import ErasureInputError
 from erasure.methods import MethodConfig, get_method, read_config_file
 from erasure.request import ErasureRequest
+from erasure.training import StageClock
 
 logger = logging.getLogger(__name__)
 
@@ -187,8 +188,9 @@ def erase(
         if fresh and main:
             _start_run(run, identity)
         state.wait_for_everyone()
+    clock = StageClock(progress if main else None)
     try:
-        edit = cls(cfg)(pipe, req, run_dir=run, resume=resume, progress=progress if main else None)
+        edit = cls(cfg)(pipe, req, run_dir=run, resume=resume, progress=clock)
     except ErasureInputError:
         # Bad input found by the method before it saved anything: leave no unfinished run behind.
         if run is not None and fresh and main and not (run / CHECKPOINT_DIR / "checkpoint.pt").exists():
@@ -196,6 +198,7 @@ def erase(
         raise
     edit.base = base
     edit.cost.setdefault("num_processes", state.num_processes)
+    edit.cost["stages"] = clock.summary()
     from erasure.pipelines.attention import active_attention
 
     edit.extra.setdefault("attention", active_attention(pipe))

@@ -6,23 +6,10 @@ from dataclasses import replace
 from pathlib import Path
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from erasure.progress import StageBars
 
 app = typer.Typer(help="The embedded default model canvas-mini: train it, render its data.", no_args_is_help=True)
-
-
-class _StageBars:
-    """One rich progress bar per training stage, fed by the library's progress callback."""
-
-    def __init__(self, progress: Progress):
-        self.progress = progress
-        self.tasks: dict[str, int] = {}
-
-    def __call__(self, stage: str, done: int, total: int, metrics: dict) -> None:
-        if stage not in self.tasks:
-            self.tasks[stage] = self.progress.add_task(stage, total=total, info="")
-        info = " ".join(f"{k}={v:.4g}" for k, v in metrics.items())
-        self.progress.update(self.tasks[stage], completed=done, info=info)
 
 
 @app.command()
@@ -67,10 +54,10 @@ def train(
         raise typer.BadParameter("needs a fine-tune stage (--finetune-steps N)", param_hint="--finetune-lr")
     settings.finetune = None if finetune_steps == 0 else replace(
         settings.finetune, steps=finetune_steps, **({"lr": finetune_lr} if finetune_lr is not None else {}))
-    columns = (TextColumn("{task.description:>10}"), BarColumn(), MofNCompleteColumn(),
-               TimeRemainingColumn(), TextColumn("{task.fields[info]}"))
-    with Progress(*columns) as progress:
-        model_dir = train_all(settings, _StageBars(progress))
+    # Rich bars on a terminal, throttled lines when stderr is a log file (a training runs for hours,
+    # often as `... > log 2>&1`, where rich would draw nothing).
+    with StageBars() as bars:
+        model_dir = train_all(settings, bars)
     typer.echo(f"canvas-mini written to {model_dir}")
     if install:
         typer.echo(f"installed as the embedded model: {install_weights(out)}")

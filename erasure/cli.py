@@ -22,6 +22,7 @@ except ImportError:  # older typer runs on click itself
 
 from erasure import canvas_cli
 from erasure.errors import ErasureInputError
+from erasure.progress import ProgressBar, StageBars
 
 app = typer.Typer(
     name="erasure",
@@ -59,7 +60,8 @@ ConfigOpt = Annotated[
     Optional[Path],
     typer.Option("--config", help="For a single-file checkpoint: local diffusers folder with the component configs."),
 ]
-DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps. Under accelerate launch / torchrun, "
+                                                       "auto and cuda mean each process's own GPU (cuda:LOCAL_RANK).")]
 DtypeOpt = Annotated[str, typer.Option("--dtype", help="auto (half on GPU, fp32 on CPU), fp32, fp16 or bf16.")]
 AttentionOpt = Annotated[str, typer.Option("--attention", help="auto, sdpa or xformers.")]
 
@@ -91,7 +93,7 @@ def generate(
         check_scheduler(scheduler)
     _quiet_libraries()
     pipe = load_pipeline(model, config=config, device=device, dtype=dtype, attention=attention)
-    with _ProgressBar("generating") as report:
+    with ProgressBar("generating") as report:
         images = run_generation(
             pipe, prompt, seeds=seed_list, steps=steps, guidance=guidance, batch_size=batch_size,
             negative_prompt=negative_prompt, scheduler=scheduler, progress=report,
@@ -178,7 +180,7 @@ def erase(
     from erasure.pipelines import load_pipeline
 
     pipe = load_pipeline(model, config=model_config, device=device, dtype=dtype, attention=attention)
-    with _StageBars() as bars:
+    with StageBars() as bars:
         edit = run_erase(pipe, request, method, config=cfg, out=out, resume=resume, export_full=export_full,
                          progress=bars)
     from erasure.training import process_state
@@ -250,7 +252,7 @@ def evaluate(
                               batch_size=batch_size)
     check_inputs(original, erased, suite, options)  # bad input fails in one line before any model loads
     _quiet_libraries()
-    with _StageBars() as bars:
+    with StageBars() as bars:
         metrics = evaluate_runs(original, erased, suite=suite, out=out, settings=settings, options=options,
                                 device=device, progress=bars)
     from erasure.evaluation import shard
@@ -342,7 +344,7 @@ def quickstart(
     seed_list = parse_seeds(seeds)
     check_quickstart(out, concept, method, steps)
     _quiet_libraries()
-    with _StageBars() as bars:
+    with StageBars() as bars:
         metrics = run_quickstart(out, concept=concept, method=method, steps=steps, seeds=seed_list, progress=bars)
     _print_scores(metrics)
     typer.echo(f"wrote {out}: run/, metrics.json, report.md, {metrics['runs'][0]['grid']}")
@@ -401,60 +403,6 @@ def _save_image(image, out: Path, image_format: str) -> None:
 
     with atomic_path(out) as tmp:
         image.save(tmp, format=image_format)
-
-
-class _ProgressBar:
-    """A rich progress bar on stderr, fed by the library's ``progress(done, total)`` callback."""
-
-    def __init__(self, label: str) -> None:
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self._label = label
-        self._progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-            console=Console(stderr=True), transient=True,
-        )
-        self._task = None
-
-    def __enter__(self):
-        self._progress.start()
-        return self._report
-
-    def __exit__(self, *exc) -> None:
-        self._progress.stop()
-
-    def _report(self, done: float, total: int) -> None:
-        if self._task is None:
-            self._task = self._progress.add_task(self._label, total=total)
-        self._progress.update(self._task, completed=done)
-
-
-class _StageBars:
-    """One rich progress bar per stage on stderr, fed by ``progress(stage, done, total, metrics)``."""
-
-    def __init__(self) -> None:
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self._progress = Progress(
-            TextColumn("{task.description:>12}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-            TextColumn("{task.fields[info]}"), console=Console(stderr=True), transient=True,
-        )
-        self._tasks: dict[str, int] = {}
-
-    def __enter__(self):
-        self._progress.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._progress.stop()
-
-    def __call__(self, stage: str, done: int, total: int, metrics: dict) -> None:
-        if stage not in self._tasks:
-            self._tasks[stage] = self._progress.add_task(stage, total=total, info="")
-        info = " ".join(f"{k}={v:.4g}" for k, v in metrics.items())
-        self._progress.update(self._tasks[stage], completed=done, info=info)
 
 
 def _fail(message: str, code: int = 2) -> None:

@@ -22,6 +22,7 @@ import json
 import os
 import platform
 import shutil
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -38,6 +39,8 @@ EDIT_FILE = "edit.safetensors"
 FULL_EXPORT = "full"
 CHECKPOINT_DIR = "checkpoint"
 ZEROED_SUFFIX = "@zeroed"
+#: Base dtypes (as the manifest records them) whose edits are stored in that dtype.
+HALF_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def pipeline_modules(pipe) -> dict[str, torch.nn.Module]:
@@ -106,7 +109,7 @@ def _parameter(modules: dict[str, torch.nn.Module], key: str) -> torch.nn.Parame
 
 @dataclass
 class Edit:
-    """The tensors an erasure changed (float32, CPU) and the record of how it was made.
+    """The tensors an erasure changed (float32 in memory, CPU) and the record of how it was made.
 
     ``tensors``: new values of whole parameters. ``zeroed``: for pruning, the flat (row-major)
     int32 indices of each parameter's entries set to zero; applied after ``tensors``.
@@ -143,14 +146,25 @@ class Edit:
         return pipe
 
     def size(self) -> dict:
-        stored = [*self.tensors.values(), *self.zeroed.values()]
+        """What the edit holds and its bytes as stored (tensors in ``storage_dtype()``, masks as int32)."""
+        item = self.storage_dtype().itemsize
         return {
             "tensors": len(self.tensors),
             "parameters": int(sum(t.numel() for t in self.tensors.values())),
             "zeroed_entries": int(sum(t.numel() for t in self.zeroed.values())),
-            "bytes": int(sum(t.numel() * t.element_size() for t in stored)),
+            "bytes": int(sum(t.numel() for t in self.tensors.values()) * item
+                         + sum(t.numel() * 4 for t in self.zeroed.values())),
             "components": sorted({_split_key(k)[0] for k in [*self.tensors, *self.zeroed]}),
         }
+
+    def storage_dtype(self) -> torch.dtype:
+        """The dtype the tensors are saved in: the base's own when it is half precision, else float32.
+
+        ``apply`` casts every tensor to its parameter's dtype, so on the base the run was made on
+        (a float16 or bfloat16 load) a half-precision file gives exactly the same weights as the
+        float32 master values, in half the bytes. A float32 base keeps float32.
+        """
+        return HALF_DTYPES.get(str(self.base.get("dtype")), torch.float32)
 
     # -- the run folder
     def manifest(self) -> dict:
@@ -163,7 +177,7 @@ class Edit:
             "base": self.base,
             "seed": self.seed,
             "cost": self.cost,
-            "edit": {"file": EDIT_FILE, "dtype": "float32", **self.size()},
+            "edit": {"file": EDIT_FILE, "dtype": str(self.storage_dtype()).replace("torch.", ""), **self.size()},
             "versions": library_versions(),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "extra": self.extra,
@@ -175,8 +189,10 @@ class Edit:
 
         run = Path(run_dir)
         run.mkdir(parents=True, exist_ok=True)
+        start = time.perf_counter()
+        dtype = self.storage_dtype()
         with atomic_path(run / EDIT_FILE) as tmp:
-            stored = {k: v.contiguous() for k, v in self.tensors.items()}
+            stored = {k: v.to(dtype).contiguous() for k, v in self.tensors.items()}
             stored |= {k + ZEROED_SUFFIX: v.to(torch.int32).contiguous() for k, v in self.zeroed.items()}
             save_file(stored, str(tmp), metadata={"format": FORMAT, "method": self.method})
         if export_full:
@@ -186,6 +202,7 @@ class Edit:
                 pipe.save_pretrained(tmp, safe_serialization=True)
         manifest = self.manifest()
         manifest["edit"]["file_bytes"] = (run / EDIT_FILE).stat().st_size
+        manifest["edit"]["write_seconds"] = round(time.perf_counter() - start, 3)  # with the full export, if any
         manifest["full_export"] = FULL_EXPORT if export_full else None
         with atomic_path(run / MANIFEST) as tmp:
             tmp.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")

@@ -25,13 +25,16 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from PIL import Image
 
 from erasure.atomic import atomic_path
 from erasure.errors import ErasureInputError
 from erasure.reports import html_report, run_label
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +102,7 @@ def generate_cached(
     jobs = [(p, s) for p in prompts for s in settings.seeds]
     images: list[Image.Image | None] = [cache.get(model, p, s, settings) if cache else None for p, s in jobs]
     missing = [i for i, im in enumerate(images) if im is None]
-    rank, world = shard()
+    rank, world = shard(pipe.device)
     # Under a launcher each process draws every world-th missing image; an image depends only on its
     # (prompt, seed), so the gathered set equals one process's.
     mine = missing[rank::world]
@@ -120,22 +123,35 @@ def generate_cached(
     return images  # type: ignore[return-value]
 
 
-def shard() -> tuple[int, int]:
+def shard(device: torch.device | str | None = None) -> tuple[int, int]:
     """(process index, number of processes) under ``accelerate launch`` / ``torchrun``; (0, 1) otherwise.
 
-    Without a launcher no process group is created, so single-process evaluation is unchanged."""
+    Without a launcher no process group is created, so single-process evaluation is unchanged. Under
+    one, the first call joins the process group with a backend for ``device``, where the pipeline runs
+    (a ``torch.device`` or a ``--device`` name): gloo for the CPU, NCCL for CUDA, as ``erasure.erase``
+    does. Later calls reuse that group whatever they pass, so callers with no pipeline at hand
+    (writing files, printing scores) may leave ``device`` out.
+    """
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return 0, 1
     from erasure.training import process_state
 
-    state = process_state(cpu=not _cuda_visible())
+    state = process_state(cpu=_on_cpu(device))
     return state.process_index, state.num_processes
 
 
-def _cuda_visible() -> bool:
+def _on_cpu(device: torch.device | str | None) -> bool:
     import torch
 
-    return torch.cuda.is_available()
+    if device is None:
+        # A guess, which matters only if no caller named a device before the group was joined (accelerate
+        # ignores it afterwards): evaluate_runs joins first with its --device, so `--device cpu` gets gloo.
+        return not torch.cuda.is_available()
+    if isinstance(device, str):
+        from erasure.pipelines.loading import resolve_device
+
+        device = resolve_device(device)  # "auto" and "cuda" as the models will load
+    return torch.device(device).type == "cpu"
 
 
 def _gather(made: dict[int, Image.Image]) -> dict[int, Image.Image]:
@@ -304,6 +320,9 @@ def evaluate_runs(
                   settings=settings or suite_settings(spec), options=options, out=out,
                   cache=GenerationCache(cache_dir if cache_dir is not None else out / "cache"),
                   device=device, progress=progress)
+    # Join the process group before any model loads, with the backend for the device they load on
+    # (``ctx.device``), so no later call (a suite's own, the CLI's) can pick it from a guess.
+    shard(device)
     metrics = run_suite(ctx)
     rank, world = shard()
     if rank == 0:  # every process holds the same images and scores; one writes them

@@ -11,7 +11,9 @@
   atomic checkpoints every N steps that ``resume`` continues from exactly. Under ``accelerate
   launch`` with several processes it is data-parallel (see ``TrainLoop``).
 - ``process_state``: accelerate's process-wide state (rank, number of processes, barrier).
-- ``CostMeter``: wall time and peak memory (CUDA max allocated, else process peak RSS).
+- ``CostMeter``: wall time and peak memory (CUDA max allocated, else process peak RSS);
+  ``StageClock``: seconds per unit of each progress stage (per training step, per sample).
+- ``ZeroBeta1Adam`` / ``adam`` / ``step_in_backward``: optimiser memory savings that change no update.
 """
 
 from __future__ import annotations
@@ -129,6 +131,88 @@ class FrozenCopy:
                 p.data = self.saved[n].to(p.device, p.dtype, copy=True)
 
 
+# ----------------------------------------------------------------------------- optimisers
+class ZeroBeta1Adam(torch.optim.Optimizer):
+    """Adam with ``beta1 = 0`` and no first-moment buffer: the updates of ``torch.optim.Adam(betas=(0, beta2))``.
+
+    With ``beta1 = 0`` Adam's first moment is the current gradient (``lerp(m, g, 1) = g`` exactly)
+    and its bias correction is 1, so the buffer holds a copy of the gradient and nothing else.
+    SiD and SFD train with betas (0, 0.999) (tqch/score-forgetting-distillation, ``run_sfd.sh``);
+    on SD 1.5 that buffer is 3.4 GB per trained UNet in float32. The arithmetic follows
+    ``torch.optim.adam._single_tensor_adam`` op for op, so on the CPU the parameters equal torch's
+    bit for bit (tests/test_training.py). ``step_parameter`` updates one tensor, for an optimiser
+    step fused into the backward pass (``step_in_backward``).
+    """
+
+    def __init__(self, params, lr: float = 1e-3, beta2: float = 0.999, eps: float = 1e-8) -> None:
+        if not 0 <= beta2 < 1:
+            raise ValueError(f"beta2 must be in [0, 1), got {beta2}")
+        super().__init__(params, {"lr": lr, "beta2": beta2, "eps": eps})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    self._update(p, p.grad, group)
+        return loss
+
+    @torch.no_grad()
+    def step_parameter(self, p: torch.Tensor, group: dict) -> None:
+        """Update ``p`` (a parameter of ``group``) alone from its ``.grad``, which the caller then frees."""
+        self._update(p, p.grad, group)
+
+    def _update(self, p: torch.Tensor, grad: torch.Tensor, group: dict) -> None:
+        state = self.state[p]
+        if not state:
+            state["step"] = torch.tensor(0.0, dtype=torch.float32)
+            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        state["step"] += 1
+        beta2, step = group["beta2"], state["step"].item()
+        state["exp_avg_sq"].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        denom = (state["exp_avg_sq"].sqrt() / (1 - beta2**step) ** 0.5).add_(group["eps"])
+        p.addcdiv_(grad, denom, value=-group["lr"])
+
+
+def adam(params, lr: float, betas: Sequence[float] = (0.9, 0.999), eps: float = 1e-8) -> torch.optim.Optimizer:
+    """``torch.optim.Adam``, or ``ZeroBeta1Adam`` (the same updates, one buffer fewer) when ``beta1`` is 0."""
+    if betas[0] == 0:
+        return ZeroBeta1Adam(params, lr=lr, beta2=betas[1], eps=eps)
+    return torch.optim.Adam(params, lr=lr, betas=tuple(betas), eps=eps)
+
+
+@contextmanager
+def step_in_backward(optimizer: ZeroBeta1Adam, params: Sequence[torch.nn.Parameter],
+                     prepare_grad: Callable[[torch.Tensor], None] | None = None) -> Iterator[None]:
+    """Within the block, each of ``params`` is updated as soon as its gradient is complete, then the
+    gradient is freed: no gradient buffer for the whole network ever exists.
+
+    PyTorch's pattern for fusing the optimiser into the backward pass
+    (``Tensor.register_post_accumulate_grad_hook``; tutorial "How to save memory by fusing the
+    optimizer step into the backward pass"). Equal to ``backward(); step()`` when each parameter's
+    update depends on its own gradient only (Adam-type optimisers, per-element clipping and
+    ``prepare_grad``), and every parameter is used once in the forward (a UNet's are).
+    """
+    group_of = {p: g for g in optimizer.param_groups for p in g["params"]}
+
+    def hook(p: torch.Tensor) -> None:
+        if prepare_grad is not None:
+            prepare_grad(p.grad)
+        optimizer.step_parameter(p, group_of[p])
+        p.grad = None
+
+    handles = [p.register_post_accumulate_grad_hook(hook) for p in params]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
 # ----------------------------------------------------------------------------- cost
 @dataclass
 class CostMeter:
@@ -159,6 +243,44 @@ class CostMeter:
         else:
             out["peak_memory_bytes"] = peak_rss_bytes()
             out["peak_memory_kind"] = "process_peak_rss"
+        return out
+
+
+class StageClock:
+    """A progress callback that times every update of every stage, then passes it on.
+
+    ``progress(stage, done, total, metrics)`` is called by methods after each unit of work (a
+    training step, a batch of precomputed samples); the time between two updates of a stage,
+    divided by the units they cover, is that work's cost. ``summary()`` gives per stage the units
+    timed, their seconds, and the seconds per unit of the first update (start-up included) and
+    the median of the rest. A stage whose count goes back (an attack run inside every step)
+    starts a new round.
+    """
+
+    def __init__(self, progress: ProgressFn | None = None) -> None:
+        self.progress = progress
+        self._last: dict[str, tuple[float, int]] = {}
+        self.updates: dict[str, list[tuple[float, int]]] = {}
+
+    def __call__(self, stage: str, done: int, total: int, metrics: dict) -> None:
+        now = time.perf_counter()
+        last = self._last.get(stage)
+        if last is not None and done > last[1]:
+            self.updates.setdefault(stage, []).append((now - last[0], done - last[1]))
+        self._last[stage] = (now, done)
+        if self.progress is not None:
+            self.progress(stage, done, total, metrics)
+
+    def summary(self) -> dict[str, dict]:
+        out = {}
+        for stage, updates in self.updates.items():
+            rest = sorted(seconds / units for seconds, units in updates[1:])
+            out[stage] = {
+                "units": sum(u for _, u in updates),
+                "seconds": round(sum(s for s, _ in updates), 3),
+                "first_per_unit": round(updates[0][0] / updates[0][1], 4),
+                "median_per_unit": round(rest[len(rest) // 2], 4) if rest else None,
+            }
         return out
 
 

@@ -71,7 +71,9 @@ def load_pipeline(
             ``./canvas-mini`` for the folder).
         config: for a single-file checkpoint only, a local diffusers folder with the model's
             component configs (model_index.json, unet/config.json, ..., tokenizer/).
-        device: "auto" (CUDA when available, else CPU), "cpu", "cuda", "cuda:N" or "mps".
+        device: "auto" (CUDA when available, else CPU), "cpu", "cuda", "cuda:N" or "mps". Under a
+            launcher with several processes (``accelerate launch``, ``torchrun``) "auto" and "cuda"
+            mean the process's own GPU, ``cuda:LOCAL_RANK`` (see ``resolve_device``).
         dtype: "auto" (bf16 on CUDA GPUs that support it, else fp16; fp16 on MPS; fp32 on CPU),
             or "fp32", "fp16", "bf16".
         attention: "auto" (xformers when installed and on CUDA, else sdpa), "sdpa" or "xformers".
@@ -81,6 +83,7 @@ def load_pipeline(
     ``erasure.pipelines.active_attention(pipe)``.
     """
     torch_device = resolve_device(device)
+    _use_process_gpu(torch_device)
     torch_dtype = resolve_dtype(dtype, torch_device)
     backend = resolve_attention(attention, torch_device)
     pipe = _load(source, config, torch_dtype)
@@ -101,10 +104,18 @@ def _source_name(source: str | os.PathLike) -> str:
 
 
 def resolve_device(device: str) -> torch.device:
-    """``torch.device`` for a device name; "auto" is CUDA when available, else CPU."""
+    """``torch.device`` for a device name; "auto" is CUDA when available, else CPU.
+
+    Under a launcher with several processes (``WORLD_SIZE`` > 1) every process must use its own
+    GPU, the one accelerate's ``PartialState`` gives it: "auto" and "cuda" resolve to
+    ``cuda:LOCAL_RANK`` (modulo the visible GPUs) rather than the current device, which is GPU 0 in
+    every process, so N copies of the model would land on one card. An explicit "cuda:N" naming
+    another process's GPU is refused: the same command line runs in every process, so it would put
+    them all on GPU N (and accelerate would then move each to its own anyway).
+    """
     name = device.strip().lower()
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         resolved = torch.device(name)
     except RuntimeError:
@@ -115,7 +126,49 @@ def resolve_device(device: str) -> torch.device:
         raise ErasureInputError(f"device {device!r} requested but CUDA is not available; use --device cpu (or auto)")
     if resolved.type == "mps" and not torch.backends.mps.is_available():
         raise ErasureInputError(f"device {device!r} requested but MPS is not available; use --device cpu (or auto)")
+    if resolved.type == "cuda":
+        return _process_gpu(resolved, device)
     return resolved
+
+
+def launcher_local_rank() -> int | None:
+    """This process's rank on its machine under a multi-process launcher; None for one process.
+
+    ``accelerate launch`` and ``torchrun`` both set ``WORLD_SIZE`` and ``LOCAL_RANK`` (the rank within
+    the machine, which picks the GPU; ``RANK`` is global). One process, even one started by a
+    launcher, keeps the single-process behaviour.
+    """
+    try:
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        local_rank = int(os.environ.get("LOCAL_RANK", "-1"))
+    except ValueError:
+        return None
+    if world_size <= 1 or local_rank < 0:
+        return None
+    return local_rank
+
+
+def _process_gpu(requested: torch.device, name: str) -> torch.device:
+    """The GPU this process may use: ``requested`` for one process, its own GPU under a launcher."""
+    local_rank = launcher_local_rank()
+    if local_rank is None:
+        return requested  # one process: "cuda" stays the current device, "cuda:N" what was asked
+    # accelerate's rule (PartialState.set_device): local rank modulo the visible GPUs, so processes
+    # that each see only their own GPU (CUDA_VISIBLE_DEVICES per process) all use cuda:0.
+    own = torch.device("cuda", local_rank % torch.cuda.device_count())
+    if requested.index is not None and requested.index != own.index:
+        raise ErasureInputError(
+            f"device {name!r}: under a launcher every process uses its own GPU (this one {own}); "
+            "use --device cuda or auto"
+        )
+    return own
+
+
+def _use_process_gpu(device: torch.device) -> None:
+    # Under a launcher, later bare "cuda" allocations (diffusers internals, accelerate's process
+    # group, torch.cuda.* queries such as bf16 support) must also go to this process's GPU, not GPU 0.
+    if device.type == "cuda" and device.index is not None and launcher_local_rank() is not None:
+        torch.cuda.set_device(device)
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:

@@ -1,10 +1,10 @@
 """Stable Diffusion pipelines with random weights, built offline from configs: for tests and benchmarks.
 
 Nothing is downloaded: the tokenizer is CLIP's real BPE tokenizer built from open_clip's bundled
-vocabulary (``erasure.pipelines.tokenizer``), the models are initialised from configs. ``sd15_*``
-are the real Stable Diffusion 1.5 architecture values (CompVis/stable-diffusion-v1-4 and
-runwayml/stable-diffusion-v1-5 configs, CLIP ViT-L/14 text tower); ``tiny_*`` keep SD's and SDXL's
-block layout at a size that runs in milliseconds on a CPU.
+vocabulary (``erasure.pipelines.tokenizer``), the models are initialised from configs. ``sd15_*``,
+``sd2_*`` and ``sdxl_*`` are the real architectures' values (the published diffusers configs of
+runwayml/stable-diffusion-v1-5, stabilityai/stable-diffusion-2-1 and stabilityai/stable-diffusion-xl-base-1.0);
+``tiny_*`` keep SD's and SDXL's block layout at a size that runs in milliseconds on a CPU.
 """
 
 from __future__ import annotations
@@ -45,6 +45,27 @@ SD15_TEXT = dict(
     hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
     hidden_act="quick_gelu", layer_norm_eps=1e-5, projection_dim=768, **_CLIP_IDS,
 )
+# SD 2.1 (stabilityai/stable-diffusion-2-1, 768 px, v-prediction): linear attention projections,
+# per-block head dims, OpenCLIP ViT-H's text tower (the 23 layers SD 2 uses, gelu, width 1024).
+SD2_UNET = {**SD15_UNET, "sample_size": 96, "cross_attention_dim": 1024, "attention_head_dim": (5, 10, 20, 20),
+            "use_linear_projection": True, "upcast_attention": True}
+SD2_VAE = {**SD15_VAE, "sample_size": 768}
+SD2_TEXT = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=23, num_attention_heads=16,
+                hidden_act="gelu", layer_norm_eps=1e-5, projection_dim=512, **_CLIP_IDS)
+# SDXL base 1.0 (stabilityai/stable-diffusion-xl-base-1.0, 1024 px): three levels with 1/2/10
+# transformer layers, cross-attention on both encoders' features (768 + 1280), text_time conditioning;
+# the second encoder is OpenCLIP ViT-bigG's text tower with its projection.
+SDXL_UNET = dict(
+    sample_size=128, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280),
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20), use_linear_projection=True,
+    cross_attention_dim=2048, addition_embed_type="text_time", addition_time_embed_dim=256,
+    projection_class_embeddings_input_dim=2816, norm_num_groups=32, act_fn="silu", flip_sin_to_cos=True, freq_shift=0,
+)
+SDXL_VAE = {**SD15_VAE, "sample_size": 1024, "scaling_factor": 0.13025, "force_upcast": True}
+SDXL_TEXT_2 = dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20,
+                   hidden_act="gelu", layer_norm_eps=1e-5, projection_dim=1280, **_CLIP_IDS)
 SD15_SCHEDULER = dict(
     num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
     set_alpha_to_one=False, skip_prk_steps=True, steps_offset=1,
@@ -109,6 +130,31 @@ def sd15_random_pipeline(seed: int = 0) -> StableDiffusionPipeline:
     return random_sd_pipeline(SD15_UNET, SD15_VAE, SD15_TEXT, SD15_SCHEDULER, seed)
 
 
+def sd2_random_pipeline(seed: int = 0) -> StableDiffusionPipeline:
+    """Stable Diffusion 2.1's architecture (768 px, v-prediction, ~1.29B parameters) with random weights."""
+    return random_sd_pipeline(SD2_UNET, SD2_VAE, SD2_TEXT, {**SD15_SCHEDULER, "prediction_type": "v_prediction"}, seed)
+
+
+def sdxl_random_pipeline(seed: int = 0) -> StableDiffusionXLPipeline:
+    """SDXL base 1.0's architecture (1024 px, two text encoders, ~3.5B parameters) with random weights."""
+    return random_sdxl_pipeline(SDXL_UNET, SDXL_VAE, SD15_TEXT, SDXL_TEXT_2, seed)
+
+
+def random_sdxl_pipeline(unet: dict, vae: dict, text: dict, text_2: dict, seed: int = 0) -> StableDiffusionXLPipeline:
+    """A ``StableDiffusionXLPipeline`` with seeded random weights from the given configs."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return StableDiffusionXLPipeline(
+            vae=AutoencoderKL(**vae),
+            text_encoder=CLIPTextModel(CLIPTextConfig(**text)),
+            text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(**text_2)),
+            tokenizer=clip_tokenizer(),
+            tokenizer_2=clip_tokenizer(),
+            unet=UNet2DConditionModel(**unet),
+            scheduler=EulerDiscreteScheduler(**SDXL_SCHEDULER),
+        )
+
+
 def tiny_sd_pipeline(seed: int = 0) -> StableDiffusionPipeline:
     """An SD-1.x-layout pipeline small enough for unit tests (32 px images)."""
     return random_sd_pipeline(TINY_SD_UNET, TINY_VAE, TINY_TEXT, SD15_SCHEDULER, seed)
@@ -122,14 +168,5 @@ def tiny_sd2_pipeline(seed: int = 0) -> StableDiffusionPipeline:
 
 def tiny_sdxl_pipeline(seed: int = 0) -> StableDiffusionXLPipeline:
     """An SDXL-layout pipeline (two text encoders, text_time conditioning) for unit tests (32 px images)."""
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        return StableDiffusionXLPipeline(
-            vae=AutoencoderKL(**TINY_VAE, scaling_factor=0.13025, force_upcast=True),
-            text_encoder=CLIPTextModel(CLIPTextConfig(**TINY_TEXT)),
-            text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(**TINY_SDXL_TEXT_2)),
-            tokenizer=clip_tokenizer(),
-            tokenizer_2=clip_tokenizer(),
-            unet=UNet2DConditionModel(**TINY_SDXL_UNET),
-            scheduler=EulerDiscreteScheduler(**SDXL_SCHEDULER),
-        )
+    vae = {**TINY_VAE, "scaling_factor": 0.13025, "force_upcast": True}
+    return random_sdxl_pipeline(TINY_SDXL_UNET, vae, TINY_TEXT, TINY_SDXL_TEXT_2, seed)

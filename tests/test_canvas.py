@@ -266,3 +266,27 @@ def test_render_pixels_are_stable_across_machines():
 
 
 GOLDEN_RENDER_SHA256 = "760786380d77340b08f1bed4cba6ee888255ceab1e6d6bf9739a5f2e0090ba30"
+
+
+def test_train_prints_progress_lines_when_stderr_is_not_a_terminal(tmp_path, monkeypatch, capsys):
+    """`erasure canvas train > log 2>&1` logs its progress: canvas train uses the CLI's shared progress
+    display, which writes plain lines where rich would draw nothing (capsys' stderr is no terminal).
+    ``train_all`` is a stub reporting like the real one: the real recipe takes about 100 minutes."""
+    from erasure.cli import main
+    from erasure.pipelines.canvas import train as canvas_train
+
+    def fake_train_all(settings, progress):
+        progress("evaluator", 1, 2, {"loss": 0.5})
+        progress("evaluator", 2, 2, {"loss": 0.25})
+        progress("diffusion", 1, 4, {"loss": 0.125})
+        return tmp_path / "canvas-mini"
+
+    monkeypatch.setattr(canvas_train, "train_all", fake_train_all)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["canvas", "train", "--out", str(tmp_path)])
+    out, err = capsys.readouterr()
+    assert exit_info.value.code == 0 and "canvas-mini written to" in out
+    lines = err.strip().splitlines()
+    assert [line.split(" in ")[0] for line in lines] == [
+        "evaluator 1/2 (50%) loss=0.5", "evaluator 2/2 (100%) loss=0.25", "diffusion 1/4 (25%) loss=0.125"]
+    assert "\x1b" not in err  # plain text, no terminal control codes in the log

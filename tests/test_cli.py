@@ -139,3 +139,102 @@ def test_help_lists_the_commands(capsys):
     assert code == 0
     for command in ("generate", "info", "canvas"):
         assert command in out
+
+
+# ----------------------------------------------------------------------------- progress in a log file
+def _progress_lines(err: str, *stages: str) -> list[str]:
+    return [line for line in err.splitlines() if line.startswith(stages)]
+
+
+def test_erase_into_a_log_prints_each_stages_first_and_last_update(capsys, tmp_path):
+    # capsys' stderr is not a terminal, as with `erasure erase ... > log 2>&1`: rich would draw nothing.
+    run = tmp_path / "run"
+    code, out, err = run_cli(capsys, "erase", "--concept", "dotted", "--kind", "style", "--steps", "3",
+                             "--set", "ddim_steps=3", "--set", "precompute_batch=4", "--out", run)
+    assert code == 0, err
+    lines = _progress_lines(err, "sampling x_t", "training")
+    # A fast run: only the announced start and the end of each stage (the throttle drops the rest).
+    assert lines[0] == "sampling x_t 0/3 (0%)"
+    assert lines[1].startswith("sampling x_t 3/3 (100%) in ")
+    assert lines[2] == "training 0/3 (0%)"
+    assert lines[3].startswith("training 3/3 (100%) loss=") and " in " in lines[3]
+    assert len(lines) == 4 and "\x1b" not in err  # plain text, no terminal control codes
+    assert out.startswith(f"wrote {run}: esd edit")
+
+
+def test_generate_into_a_log_prints_progress_lines(capsys, tmp_path, tiny_sd):
+    code, _, err = run_cli(capsys, "generate", "--model", tiny_sd.folder, "-p", "a cat", "--seeds", "0-1",
+                           "--steps", "2", "--scheduler", "ddim", "--batch-size", "1", "--out", tmp_path / "grid.png")
+    assert code == 0, err
+    lines = _progress_lines(err, "generating")  # fractional images: steps within a batch
+    assert lines[0].startswith("generating 0.5/2 (25%)")
+    assert lines[-1].startswith("generating 2/2 (100%) in ")
+
+
+class _FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_progress_lines_are_throttled_per_stage(capsys):
+    from erasure.progress import ProgressLines
+
+    clock = _FakeClock()
+    lines = ProgressLines(interval=15.0, clock=clock)
+    lines.update("training", 0, 1000, {})
+    for step in range(1, 1001):  # one step a second for 1000 s
+        clock.now += 1.0
+        lines.update("training", step, 1000, {"loss": 1.0 / step})
+    lines.close()
+    printed = capsys.readouterr().err.splitlines()
+    # The start, one line per 15 s, the end: 68 lines instead of 1001.
+    assert len(printed) == 1 + 1000 // 15 + 1
+    assert printed[0] == "training 0/1000 (0%)"
+    assert printed[1] == "training 15/1000 (2%) loss=0.06667 eta 16m25s"
+    assert printed[-1] == "training 1000/1000 (100%) loss=0.001 in 16m40s"
+
+
+def test_progress_lines_announce_a_stage_at_once_and_keep_its_last_update(capsys):
+    from erasure.progress import ProgressLines
+
+    clock = _FakeClock()
+    lines = ProgressLines(interval=15.0, clock=clock)
+    lines.update("sampling x_t", 0, 64, {})
+    assert capsys.readouterr().err == "sampling x_t 0/64 (0%)\n"  # before the (slow) first step ends
+    clock.now += 2.0
+    lines.update("sampling x_t", 8, 64, {})  # throttled
+    lines.update("training", 500, 1000, {})  # another stage (here resumed at step 500) prints its own first line
+    clock.now += 7200.0
+    lines.update("training", 501, 1000, {})
+    assert capsys.readouterr().err.splitlines() == ["training 500/1000 (50%)", "training 501/1000 (50%) eta 998h00m"]
+    lines.close()  # the run stops: the throttled last state of the unfinished stage still reaches the log
+    assert capsys.readouterr().err.splitlines() == ["sampling x_t 8/64 (12%) eta 14s"]
+
+
+def test_bars_on_a_terminal_lines_otherwise(monkeypatch):
+    import io
+
+    from erasure import progress
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    for var in ("TTY_COMPATIBLE", "FORCE_COLOR", "NO_COLOR"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("TERM", "xterm-256color")
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    monkeypatch.setenv("FORCE_COLOR", "1")  # rich would call this a terminal and redraw into the log
+    assert not progress.stderr_is_live_terminal()
+    monkeypatch.delenv("FORCE_COLOR")
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    assert progress.stderr_is_live_terminal()
+    with progress.StageBars() as bars:
+        bars("training", 0, 10, {})
+        assert "training" in terminal.getvalue() and "0/10" in terminal.getvalue()  # drawn at once
+    monkeypatch.setenv("TERM", "dumb")
+    assert not progress.stderr_is_live_terminal()

@@ -108,6 +108,32 @@ def test_run_folder_save_and_load_erased(tiny_sd, tmp_path):
     assert manifest["edit"]["parameters"] < sum(p.numel() for p in pipe.unet.parameters()) / 4
 
 
+def test_edit_of_a_half_precision_base_is_stored_in_its_dtype(tiny_sd, tmp_path):
+    """A run on a bfloat16 load stores bfloat16 tensors: half the bytes, and on that base the same
+    weights as the float32 master values give."""
+    edit = erase(fresh(tiny_sd), ErasureRequest(targets=["a cat"], kind="object"), **TINY)
+    full = tmp_path / "fp32"
+    edit.save(full)
+    edit.base = {**edit.base, "dtype": "bfloat16"}
+    half = tmp_path / "bf16"
+    edit.save(half)
+    m_full = json.loads((full / "manifest.json").read_text())["edit"]
+    m_half = json.loads((half / "manifest.json").read_text())["edit"]
+    assert (m_full["dtype"], m_half["dtype"]) == ("float32", "bfloat16")
+    assert m_half["bytes"] * 2 == m_full["bytes"] and m_half["file_bytes"] < 0.6 * m_full["file_bytes"]
+    assert m_half["write_seconds"] >= 0
+
+    def applied(run):
+        from erasure.edit import Edit
+
+        base = load_pipeline(tiny_sd.folder, device="cpu", dtype="bf16")
+        Edit.load(run).apply(base)
+        return unet_state(base)
+
+    expected, got = applied(full), applied(half)
+    assert all(torch.equal(expected[n], got[n]) for n in expected)
+
+
 def test_load_erased_refuses_another_base(tiny_sd, tmp_path):
     from erasure.pipelines.testing import tiny_sd_pipeline
 

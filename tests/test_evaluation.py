@@ -301,3 +301,39 @@ def test_an_sfd_run_is_evaluated_through_its_one_step_generator(tmp_path, monkey
     (result,) = metrics["runs"]
     assert result["method"] == "sfd" and 0.0 <= result["after"]["UA"] <= 1.0
     assert len(prompts) == len(canvas_cases()) * len(TINY.seeds)  # every "after" image, none of the "before" ones
+
+
+def test_shard_joins_processes_for_the_pipelines_device_not_for_cudas_presence(tmp_path, monkeypatch):
+    """Under a launcher on a GPU machine with `--device cpu`, the process group must be gloo's: what
+    ``process_state`` receives follows the device used (the pipeline's, or evaluate_runs' --device,
+    joined before any model loads), not ``torch.cuda.is_available()``."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from erasure import evaluation, suites, training
+
+    received: list[bool] = []
+
+    def fake_process_state(cpu: bool = False):
+        received.append(cpu)
+        return SimpleNamespace(process_index=0, num_processes=1)  # one process: nothing to gather
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(training, "process_state", fake_process_state)
+
+    assert generate_cached(SimpleNamespace(device=torch.device("cpu")), [], TINY) == []
+    assert evaluation.shard("cpu") == (0, 1) and evaluation.shard("auto") == (0, 1)
+    assert received == [True, True, False]  # the CPU pipeline, --device cpu; "auto" is CUDA here
+
+    def stop(ctx):
+        raise KeyboardInterrupt  # the suite itself is not the point: only what was joined before it
+
+    received.clear()
+    monkeypatch.setattr(suites, "check_inputs", lambda *args: ({"name": "canvas"}, []))
+    monkeypatch.setattr(suites, "run_suite", stop)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_runs("canvas-mini", [], out=tmp_path, settings=TINY, device="cpu")
+    assert received == [True]

@@ -215,3 +215,119 @@ def test_describe_counts_parameters(tiny_sd_loaded, tiny_sd):
     assert counts["tokenizer"] is None and counts["safety_checker"] is None
     assert info.total_parameters == sum(v or 0 for v in counts.values())
     assert (info.scheduler, info.attention, info.device, info.dtype) == ("PNDMScheduler", "sdpa", "cpu", "float32")
+
+
+# ----------------------------------------------------------------------------- one GPU per process
+LAUNCHER_VARS = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
+
+
+def _fake_launch(monkeypatch, *, gpus: int, world_size: int | None = None, local_rank: int | None = None,
+                 rank: int | None = None) -> None:
+    """A machine with ``gpus`` visible GPUs (none really), in a process started as ``accelerate launch`` /
+    ``torchrun`` would start it (their environment variables), or a plain process when world_size is None."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    for var in LAUNCHER_VARS:
+        monkeypatch.delenv(var, raising=False)
+    if world_size is not None:
+        monkeypatch.setenv("WORLD_SIZE", str(world_size))
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", str(world_size))
+        monkeypatch.setenv("RANK", str(local_rank if rank is None else rank))
+        monkeypatch.setenv("LOCAL_RANK", str(local_rank))
+
+
+def test_one_process_keeps_the_current_gpu(monkeypatch):
+    from erasure.pipelines.loading import resolve_device
+
+    _fake_launch(monkeypatch, gpus=4)
+    assert resolve_device("auto") == torch.device("cuda")
+    assert resolve_device("cuda") == torch.device("cuda")
+    assert resolve_device("cuda:2") == torch.device("cuda", 2)
+    # torchrun --nproc-per-node 1 is one process too.
+    _fake_launch(monkeypatch, gpus=4, world_size=1, local_rank=0)
+    assert resolve_device("auto") == torch.device("cuda")
+
+
+@pytest.mark.parametrize("local_rank", [0, 1, 2, 3])
+def test_each_launched_process_resolves_to_its_own_gpu(monkeypatch, local_rank):
+    from erasure.pipelines.loading import resolve_device
+
+    _fake_launch(monkeypatch, gpus=4, world_size=4, local_rank=local_rank)
+    own = torch.device("cuda", local_rank)
+    assert resolve_device("auto") == own
+    assert resolve_device(" CUDA ") == own
+    assert resolve_device(f"cuda:{local_rank}") == own  # naming its own GPU is fine
+
+
+def test_the_gpu_follows_the_local_rank_not_the_global_rank(monkeypatch):
+    from erasure.pipelines.loading import resolve_device
+
+    _fake_launch(monkeypatch, gpus=4, world_size=8, local_rank=1, rank=5)  # second machine, second process
+    assert resolve_device("auto") == torch.device("cuda", 1)
+
+
+@pytest.mark.parametrize("gpus, local_rank, index", [(1, 3, 0), (2, 3, 1)])
+def test_fewer_visible_gpus_than_processes_follow_accelerates_rule(monkeypatch, gpus, local_rank, index):
+    from erasure.pipelines.loading import resolve_device
+
+    # One GPU visible per process (CUDA_VISIBLE_DEVICES set per process), or processes sharing GPUs:
+    # accelerate's PartialState picks local rank modulo the visible count, and so does loading.
+    _fake_launch(monkeypatch, gpus=gpus, world_size=4, local_rank=local_rank)
+    assert resolve_device("auto") == torch.device("cuda", index)
+
+
+def test_another_processes_gpu_is_refused_in_one_line(monkeypatch):
+    from erasure.pipelines.loading import resolve_device
+
+    _fake_launch(monkeypatch, gpus=2, world_size=2, local_rank=1)
+    with pytest.raises(ErasureInputError, match=r"device 'cuda:0': under a launcher every process uses its own "
+                                                r"GPU \(this one cuda:1\); use --device cuda or auto") as info:
+        resolve_device("cuda:0")
+    assert "\n" not in str(info.value)
+
+
+def test_cpu_under_a_launcher_stays_cpu(monkeypatch):
+    from erasure.pipelines.loading import resolve_device
+
+    _fake_launch(monkeypatch, gpus=0, world_size=2, local_rank=1)
+    assert resolve_device("auto") == torch.device("cpu")
+    _fake_launch(monkeypatch, gpus=2, world_size=2, local_rank=1)
+    assert resolve_device("cpu") == torch.device("cpu")
+
+
+class _RecordingPipe:
+    """Stands in for a loaded pipeline: records where load_pipeline puts its weights."""
+
+    def __init__(self) -> None:
+        self.moves: list[torch.device] = []
+
+    def to(self, device):
+        self.moves.append(torch.device(device))
+        return self
+
+
+@pytest.mark.parametrize("device", ["auto", "cuda"])
+def test_load_pipeline_puts_each_process_on_its_own_gpu(monkeypatch, device):
+    from erasure.pipelines import loading
+
+    _fake_launch(monkeypatch, gpus=2, world_size=2, local_rank=1)
+    pipe, current = _RecordingPipe(), []
+    monkeypatch.setattr(loading, "_load", lambda source, config, dtype: pipe)
+    monkeypatch.setattr(loading, "apply_attention", lambda pipe, backend: None)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: current.append(torch.device(d)))
+    assert loading.load_pipeline("canvas-mini", device=device, dtype="fp32", attention="sdpa") is pipe
+    # The weights go straight to GPU 1 (never via GPU 0), and later bare "cuda" work follows them.
+    assert pipe.moves == [torch.device("cuda", 1)]
+    assert current == [torch.device("cuda", 1)]
+
+
+def test_load_pipeline_leaves_the_current_gpu_alone_in_one_process(monkeypatch):
+    from erasure.pipelines import loading
+
+    _fake_launch(monkeypatch, gpus=2)
+    pipe, current = _RecordingPipe(), []
+    monkeypatch.setattr(loading, "_load", lambda source, config, dtype: pipe)
+    monkeypatch.setattr(loading, "apply_attention", lambda pipe, backend: None)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: current.append(d))
+    loading.load_pipeline("canvas-mini", device="cuda:1", dtype="fp32", attention="sdpa")
+    assert pipe.moves == [torch.device("cuda", 1)] and current == []

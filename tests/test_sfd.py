@@ -357,6 +357,20 @@ def test_gradient_checkpointing_changes_nothing(tiny_sd):
         assert torch.allclose(plain.tensors[k], checkpointed.tensors[k], atol=1e-6), k
 
 
+def test_optimizer_step_in_backward_changes_nothing(tiny_sd):
+    """The memory option on by default (each tensor updated as its gradient completes, no gradient
+    buffer) trains the same generator as backward-then-step, with and without checkpointing."""
+    config = {**TINY, "steps": 3}
+    for checkpointing in (False, True):
+        fused = SFD(SFDConfig(**config, gradient_checkpointing=checkpointing))(fresh(tiny_sd), request())
+        plain = SFD(SFDConfig(**config, gradient_checkpointing=checkpointing,
+                              optimizer_in_backward=False))(fresh(tiny_sd), request())
+        assert fused.extra["optimizer_in_backward"] and not plain.extra["optimizer_in_backward"]
+        assert fused.tensors.keys() == plain.tensors.keys() and fused.tensors
+        for k in fused.tensors:
+            assert torch.equal(fused.tensors[k], plain.tensors[k]), k
+
+
 # ----------------------------------------------------------------------------- run folders and resume
 def test_resume_equals_an_uninterrupted_run_and_the_run_folder_loads(tiny_sd, tmp_path):
     config = {**TINY, "steps": 3, "checkpoint_every": 2}

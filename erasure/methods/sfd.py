@@ -101,7 +101,16 @@ from erasure.diffusion import (
 from erasure.edit import Edit
 from erasure.errors import ErasureInputError
 from erasure.pipelines.one_step import SAMPLER, generator_x0
-from erasure.training import MIXED_PRECISION, CostMeter, make_accelerator, process_state, resolve_mixed_precision
+from erasure.training import (
+    MIXED_PRECISION,
+    CostMeter,
+    ZeroBeta1Adam,
+    adam,
+    make_accelerator,
+    process_state,
+    resolve_mixed_precision,
+    step_in_backward,
+)
 
 from .base import ErasureMethod, MethodConfig
 from .registry import register
@@ -145,6 +154,7 @@ class SFDConfig(MethodConfig):
     mixed_precision: str = "auto"
     gradient_checkpointing: bool = False
     fp16_grad_clip: float = 1.0
+    optimizer_in_backward: bool = True
 
     def validate(self) -> None:
         def bad(key: str, why: str) -> ErasureInputError:
@@ -229,6 +239,11 @@ def fake_score_loss(eps: torch.Tensor, noise: torch.Tensor, weights: torch.Tenso
 
 def _finite_rows(t: torch.Tensor) -> torch.Tensor:
     return torch.isfinite(t.detach()).flatten(1).all(1)
+
+
+def _finite_grad(grad: torch.Tensor) -> None:
+    """NaN -> 0, +-inf -> +-1e5 in place (the reference's ``torch.nan_to_num`` of every gradient)."""
+    torch.nan_to_num(grad, nan=0.0, posinf=1e5, neginf=-1e5, out=grad)
 
 
 def override_prompt(prompt: str, targets: list[str], anchor: str) -> str | None:
@@ -386,6 +401,7 @@ class SFD(ErasureMethod):
                 run.resume()
             with meter.phase("training"):
                 run.train(progress)
+            run.drop_training_state()  # the fake network and both optimisers: memory for the edit's tensors
             tensors = run.changed_generator_tensors()
             extra = run.summary()
         finally:
@@ -435,9 +451,13 @@ class _Run:
         self.accelerator = make_accelerator(mixed, self.device)
         eps = c.adam_eps if c.adam_eps is not None else (1e-6 if mixed == "fp16" else 1e-8)  # the reference's
         betas = tuple(c.adam_betas)
-        opt_g = torch.optim.Adam(self.generator.parameters(), lr=c.generator_lr, betas=betas, eps=eps)
-        opt_f = torch.optim.Adam(self.fake.parameters(), lr=c.fake_lr, betas=betas, eps=eps)
+        opt_g = adam(self.generator.parameters(), lr=c.generator_lr, betas=betas, eps=eps)
+        opt_f = adam(self.fake.parameters(), lr=c.fake_lr, betas=betas, eps=eps)
         self.opt_g, self.opt_f = self.accelerator.prepare(opt_g, opt_f)
+        # Where it changes nothing (see the module docstring), each tensor is updated as its gradient
+        # completes and the gradient freed: one UNet's worth of gradient memory less.
+        self.in_backward = (c.optimizer_in_backward and isinstance(opt_g, ZeroBeta1Adam) and mixed != "fp16"
+                            and self.world == 1)
         self.checkpointing = []
         if c.gradient_checkpointing:
             for unet in (self.generator, self.fake, self.teacher):
@@ -526,9 +546,16 @@ class _Run:
 
     def _update(self, loss: torch.Tensor, kept: torch.Tensor, net: torch.nn.Module, optimizer, clip: float | None) -> float:
         acc = self.accelerator
+        params = list(net.parameters())
+        if self.in_backward:
+            if not kept.any():
+                logger.warning("sfd: every sample of this step was NaN/inf; step skipped")
+                return float("nan")
+            with step_in_backward(optimizer.optimizer, params, _finite_grad):
+                acc.backward(loss)
+            return float(loss.detach())
         if kept.any():
             acc.backward(loss)
-        params = list(net.parameters())
         if self.world > 1:
             self._average_gradients(params)
             loss = self._mean(loss.detach())
@@ -539,7 +566,7 @@ class _Run:
         acc.unscale_gradients(optimizer=optimizer)  # fp16: real gradients (and the overflow check) before editing them
         for p in params:
             if p.grad is not None:
-                torch.nan_to_num(p.grad, nan=0.0, posinf=1e5, neginf=-1e5, out=p.grad)
+                _finite_grad(p.grad)
         if clip is not None:
             torch.nn.utils.clip_grad_value_(params, clip)
         optimizer.step()
@@ -617,13 +644,20 @@ class _Run:
 
     # -- the result
     def changed_generator_tensors(self) -> dict[str, torch.Tensor]:
+        # The generator is not trained any more, so its float32 CPU tensors are taken as they are
+        # (no clone: at SD 1.5's size a copy is 3.4 GB more at the run's end).
         teacher = dict(self.teacher.named_parameters())
         out = {}
         for n, p in self.generator.named_parameters():
             value = p.detach().float().cpu()
             if not torch.equal(value, teacher[n].detach().float().cpu()):
-                out[f"unet.{n}"] = value.clone()
+                out[f"unet.{n}"] = value
         return out
+
+    def drop_training_state(self) -> None:
+        """Free the fake-score network and both optimisers once training is over."""
+        self.accelerator.free_memory()
+        self.fake = self.opt_g = self.opt_f = None
 
     def summary(self) -> dict:
         def tail(values: list[float]) -> float | None:
@@ -644,6 +678,8 @@ class _Run:
             "remain_prompts": len(self.sets.remain),
             "override_examples": dict(list(zip(self.sets.forget, self.sets.override))[:8]),
             "generator_parameters": int(sum(p.numel() for p in self.generator.parameters())),
+            "optimizer": "adam without first moment (beta1 0)" if self.c.adam_betas[0] == 0 else "adam",
+            "optimizer_in_backward": self.in_backward,
             "resumed_from_step": self.start_step,  # > 0: the cost's wall time covers the steps from here on only
             "fake_loss_first": self.losses["fake"][0] if self.losses["fake"] else None,
             "fake_loss_mean_last_10pct": tail(self.losses["fake"]),
@@ -655,7 +691,7 @@ class _Run:
         for unet in self.checkpointing:
             unet.disable_gradient_checkpointing()
         self.accelerator.free_memory()
-        del self.generator, self.fake, self.opt_g, self.opt_f
+        self.generator = self.fake = self.opt_g = self.opt_f = None
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
