@@ -62,17 +62,20 @@ CONCEPTS = {
     "memorized": ["--concept", "The No Limits Business Woman Podcast", "--kind", "memorized"],
 }
 
-#: Per method: the command-line overrides that shorten a preset (steps, then --set pairs), and the
-#: preset keys whose shortened values the projection scales back up.
+#: Per method: the command-line overrides that shorten a preset (steps, then --set pairs); the
+#: projection scales each shortened value back up.
 SHORTENED = {
     "esd": (2, {"ddim_steps": 2}),
     "advunlearn": (2, {"ddim_steps": 2, "attack_steps": 2}),
-    "doco": (2, {"anchor_images": 2, "anchor_steps": 2}),
-    # Batch 1: one SFD step at the preset's batch 8 (32 UNet rows through three UNets, twice) would take
-    # hours on 2 CPU cores; the projection scales the step time by the batch.
+    # Batch 1 for DoCo and SFD: one step at their batch 8 (DoCo: 16 UNet rows with gradients; SFD: 32
+    # rows through three UNets, twice) takes an hour or more on 2 CPU cores; projections scale by the batch.
+    "doco": (2, {"anchor_images": 2, "anchor_steps": 2, "batch_size": 1}),
     "sfd": (2, {"batch_size": 1}),
-    "prune": (None, {"ddim_steps": 2, "tau": 2}),
+    "prune": (None, {"ddim_steps": 1, "tau": 1}),
 }
+#: Pruning records activations for every base prompt (80 COCO captions by default): 4 of them here,
+#: and the projection scales the recording time by the number of prompts.
+PRUNE_RETAIN = ["a photo of a dog", "a photo of a car", "a photo of a chair", "a photo of a tree"]
 
 
 def presets(family: str) -> list[tuple[str, Path]]:
@@ -143,6 +146,9 @@ def erase_command(method: str, preset: Path, model: Path, run: Path, resolution:
            "--config", str(preset.relative_to(ROOT)), *concept_args(preset), "--out", str(run), "--device", "cpu"]
     if steps is not None:
         cmd += ["--steps", str(steps)]
+    if method == "prune":
+        for prompt in PRUNE_RETAIN:
+            cmd += ["--retain", prompt]
     overrides = dict(sets)
     if resolution != native:
         overrides["resolution"] = resolution
@@ -212,8 +218,26 @@ def summarise(record: dict, preset: Path) -> dict:
         "generate_seconds": record["generate"].get("generate_seconds"),
         "generate_peak_rss_gib": round(record["generate"]["peak_rss_bytes"] / 2**30, 2),
     }
+    if record["method"] == "prune":
+        extra = record["manifest"]["extra"]
+        out["prompts"] = extra["target_prompts"] + extra["base_prompts"]
+        out["full_prompts"] = prune_prompts_by_default(record)
     out["projection"] = project(record["method"], preset_values(preset), record["manifest"]["config"], out)
     return out
+
+
+def prune_prompts_by_default(record: dict) -> int:
+    """Target + base prompts of the pruning run without ``--retain`` (the request's default base set)."""
+    from erasure.methods.prune import prompt_sets
+    from erasure.pipelines.testing import tiny_sd_pipeline
+    from erasure.request import ErasureRequest
+
+    args = shlex.split(record["command"])
+    value = lambda flag: args[args.index(flag) + 1]  # noqa: E731
+    request = ErasureRequest(targets=[value("--concept")], kind=value("--kind"))
+    pipe = tiny_sd_pipeline()  # an SD-1.x pipeline: the request resolves to Stable Diffusion's defaults
+    targets, bases = prompt_sets(pipe, request.resolve(pipe), record["manifest"]["config"]["base"])
+    return len(targets) + len(bases)
 
 
 def project(method: str, full: dict, ran: dict, s: dict) -> dict:
@@ -228,7 +252,7 @@ def project(method: str, full: dict, ran: dict, s: dict) -> dict:
     step = s["seconds_per_step"] or 0.0
     how = []
     train = step * full.get("steps", 0)
-    if method == "sfd":
+    if full.get("batch_size", 1) != ran.get("batch_size", 1):
         ratio = full["batch_size"] / ran["batch_size"]
         train *= ratio
         how.append(f"step time x {ratio:g} (batch {full['batch_size']} vs {ran['batch_size']})")
@@ -248,8 +272,9 @@ def project(method: str, full: dict, ran: dict, s: dict) -> dict:
             how.append(f"anchor images x {full['anchor_images']}, DDIM steps x {full['anchor_steps'] / ran['anchor_steps']:g}")
             return _projection(train, per * full["anchor_images"], how)
     if method == "prune":
-        rec = s["method_seconds"] * full["tau"] / ran["tau"]
-        how.append(f"recording x {full['tau'] / ran['tau']:g} (tau: sampling steps recorded)")
+        ran_prompts, full_prompts = s["prompts"], s["full_prompts"]
+        rec = s["phases_seconds"].get("recording", 0.0) * full["tau"] / ran["tau"] * full_prompts / ran_prompts
+        how.append(f"recording x {full['tau'] / ran['tau']:g} (tau) x {full_prompts}/{ran_prompts} prompts")
         return _projection(0.0, rec, how)
     return _projection(train, 0.0, how)
 
@@ -278,6 +303,8 @@ def markdown(result: dict) -> str:
             continue
         s = r["summary"]
         short = " ".join(a for a in r["command"].split(" --")[1:] if a.startswith(("steps", "set")))
+        retained = r["command"].count(" --retain ")
+        short += f" retain: {retained} prompts" if retained else ""
         pre = sum(v for k, v in s["phases_seconds"].items() if k != "training")
         lines.append(
             f"| {r['family']} | {r['id']} | `{short.replace('set ', '')}` | {s['first_step_seconds'] or '-'} | {s['seconds_per_step'] or '-'} "

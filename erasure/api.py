@@ -215,7 +215,8 @@ def _join_processes(pipe):
 
     state = process_state(cpu=pipe.device.type == "cpu")
     if state.num_processes > 1 and state.device.type == pipe.device.type and pipe.device != state.device:
-        # `--device cuda` loads every process's copy onto the current GPU, the first one.
+        # load_pipeline already puts each process on its own GPU; a pipeline built or moved by the
+        # caller (e.g. .to("cuda"), GPU 0 in every process) is moved here.
         logger.info("process %d: moving the pipeline to %s", state.process_index, state.device)
         pipe.to(state.device)
     return state

@@ -143,6 +143,7 @@ def erase(
     kind: Annotated[str, typer.Option("--kind", help="style, object, nudity, memorized or custom.")] = "custom",
     anchor: Annotated[Optional[str], typer.Option("--anchor", help="What the concept should become (methods that use one).")] = None,
     prompt: Annotated[Optional[list[str]], typer.Option("--prompt", "-p", help="Prompt that evokes the concept (default per kind); repeat for several.")] = None,
+    retain: Annotated[Optional[list[str]], typer.Option("--retain", help="Prompt whose images must not change (default per kind, e.g. \"a photo of a {COCO class}\" on Stable Diffusion); repeat for several.")] = None,
     config: Annotated[Optional[Path], typer.Option("--config", help="Method config file (.yaml or .json), e.g. configs/esd/canvas-mini-style.yaml.")] = None,
     steps: Annotated[Optional[int], typer.Option("--steps", help="Training steps (overrides the config).")] = None,
     lr: Annotated[Optional[float], typer.Option("--lr", help="Learning rate (overrides the config).")] = None,
@@ -161,7 +162,7 @@ def erase(
     from erasure.request import ErasureRequest
 
     # Everything that costs nothing is checked before the model loads and before OUT is created.
-    request = ErasureRequest(targets=concept, kind=kind, anchor=anchor, prompts=prompt)
+    request = ErasureRequest(targets=concept, kind=kind, anchor=anchor, prompts=prompt, retain=retain)
     overrides = parse_assignments(set_ or [])
     overrides.update({k: v for k, v in (("steps", steps), ("lr", lr), ("seed", seed)) if v is not None})
     cfg = method_config(method, config, **overrides)
@@ -175,6 +176,9 @@ def erase(
         check_export_folder(export_text_encoder)
     if model == "canvas-mini":
         request.resolve("canvas-mini")  # unknown canvas styles/objects fail here, before loading
+    from erasure.methods import get_method
+
+    get_method(method).check_model(model, model_config)  # e.g. advunlearn refuses SDXL from model_index.json
     _quiet_libraries()
     from erasure.api import erase as run_erase
     from erasure.pipelines import load_pipeline

@@ -4,7 +4,8 @@
   and noise estimates from a UNet output, for every ``prediction_type`` a diffusers scheduler can
   carry ("epsilon", "v_prediction", "sample"), from the scheduler's ``alphas_cumprod``.
 - ``cfg``: classifier-free guidance.
-- ``TextConditioner``: prompt embeddings (and, for SDXL, the added conditioning) for a pipeline.
+- ``TextConditioner``: prompt embeddings (and, for SDXL, the added conditioning) for a pipeline; the
+  empty prompt is the pipeline's unconditional condition (zeros on SDXL, as its own sampler).
 - ``sample_partial_trajectories``: run the frozen model with a prompt from pure noise (DDIM,
   classifier-free guidance) and stop each sample at its own depth, returning the x_t "where the
   concept lives" that ESD, AdvUnlearn and DoCo train on. Batched: samples of similar depth are
@@ -135,13 +136,23 @@ class TextConditioner:
     """Encodes prompts into ``Conditions`` for a Stable Diffusion (1.x, 2.x, XL) or canvas-mini pipeline.
 
     Runs under the caller's grad mode, so a method that trains the text encoder can encode with
-    gradients. SDXL's size conditioning is (resolution, resolution, 0, 0, resolution, resolution).
+    gradients. SDXL's size conditioning is (resolution, resolution, 0, 0, resolution, resolution),
+    the pipeline's own default for a square image of that size.
+
+    The empty prompt "" stands for the unconditional condition (classifier-free guidance, ESD's
+    ``eps(x_t, t, "")``, prompt dropout). On SDXL pipelines whose config sets
+    ``force_zeros_for_empty_prompt`` (SDXL base 1.0 does) that is the zero embedding, hidden states
+    and pooled projection alike: what ``StableDiffusionXLPipeline`` itself guides with when no
+    negative prompt is given, and what SDXL was trained with for dropped captions. ``zero_empty``
+    overrides the pipeline's setting (False: encode "" as text, as SD 1.x/2.x always do).
     """
 
-    def __init__(self, pipe, resolution: int) -> None:
+    def __init__(self, pipe, resolution: int, zero_empty: bool | None = None) -> None:
         self.pipe = pipe
         self.resolution = resolution
         self.xl = hasattr(pipe, "text_encoder_2")
+        pipeline_default = bool(getattr(getattr(pipe, "config", None), "force_zeros_for_empty_prompt", False))
+        self.zero_empty = self.xl and (pipeline_default if zero_empty is None else zero_empty)
 
     @property
     def device(self) -> torch.device:
@@ -155,9 +166,19 @@ class TextConditioner:
         hidden, _, pooled, _ = self.pipe.encode_prompt(
             prompts, device=self.device, num_images_per_prompt=1, do_classifier_free_guidance=False
         )
+        if self.zero_empty:
+            hidden, pooled = _zero_rows(hidden, prompts), _zero_rows(pooled, prompts)
         r = self.resolution
         time_ids = torch.tensor([[r, r, 0, 0, r, r]], dtype=hidden.dtype, device=self.device).repeat(len(prompts), 1)
         return Conditions(hidden, {"text_embeds": pooled, "time_ids": time_ids})
+
+
+def _zero_rows(values: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+    """``values`` with the rows of empty prompts set to zero (out of place: gradients still reach the rest)."""
+    empty = torch.tensor([p == "" for p in prompts], device=values.device)
+    if not bool(empty.any()):
+        return values
+    return values.masked_fill(empty.reshape(-1, *([1] * (values.ndim - 1))), 0)
 
 
 def unet_output(unet, x_t: torch.Tensor, t: torch.Tensor, cond: Conditions) -> torch.Tensor:

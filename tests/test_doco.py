@@ -140,7 +140,8 @@ def test_config_round_trips_and_presets():
     assert json.loads(cfg.to_json())["method"] == "doco" and DoCoConfig().disc_betas == [0.5, 0.999]
     assert cfg.with_overrides(steps=5).steps == 5
     presets = {p.stem: DoCoConfig.load(p) for p in sorted(CONFIGS.glob("*.yaml"))}
-    assert set(presets) == {"canvas-mini-style", "canvas-mini-object", "sd15-style", "sd15-object", "sd15-nudity"}
+    assert set(presets) == {"canvas-mini-style", "canvas-mini-object", "sd15-style", "sd15-object", "sd15-nudity",
+                            "sdxl-style"}
     ref = presets["sd15-nudity"]
     assert (ref.lr, ref.weight_decay, ref.steps, ref.batch_size, ref.max_grad_norm) == (6e-6, 1e-2, 2000, 8, 1.0)
     assert (ref.disc_lr, ref.disc_widths, ref.parameters, ref.surgery) == (1e-4, [64, 128, 256, 512], "attn2-kv", "projection")

@@ -260,3 +260,16 @@ def test_exponent_floats_without_a_dot_are_numbers():
     assert load_yaml("lr: -2E+4\nsteps: 10\nlrs: [1e-2, 0.5]") == {"lr": -2e4, "steps": 10, "lrs": [1e-2, 0.5]}
     config = get_method("esd").config_class.from_yaml("lr: 1e-5\nsteps: 7\n")
     assert (config.lr, config.steps) == (1e-5, 7)
+
+
+def test_config_values_read_as_yaml_1_2():
+    """--set and config files: "1e-5" is a number and yes/no/on/off are texts (YAML 1.1 made
+    `mixed_precision=no` a boolean, which the config then refused); booleans are true/false."""
+    from erasure.api import method_config, parse_assignments
+    from erasure.methods.base import load_yaml
+
+    assert load_yaml("a: no\nb: on\nc: true\nd: False\ne: 1e-5") == {"a": "no", "b": "on", "c": True, "d": False,
+                                                                   "e": 1e-5}
+    overrides = parse_assignments(["mixed_precision=no", "gradient_checkpointing=true"])
+    config = method_config("esd", None, **overrides)
+    assert config.mixed_precision == "no" and config.gradient_checkpointing is True

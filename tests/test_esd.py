@@ -223,11 +223,14 @@ def test_cli_erase_with_a_preset_and_overrides(capsys, tmp_path, tiny_sd):
     preset = Path(__file__).parent.parent / "configs" / "esd" / "canvas-mini-style.yaml"
     run = tmp_path / "run"
     code, out, err = run_cli(capsys, "erase", "--model", tiny_sd.folder, "--concept", "a cat", "--config", preset,
-                             "--steps", "2", "--set", "ddim_steps=3", "--set", "precompute_batch=4", "--out", run)
+                             "--steps", "2", "--set", "ddim_steps=3", "--set", "precompute_batch=4", "--out", run,
+                             "--retain", "a dog", "--retain", "a red car")
     assert code == 0, err
     assert out.startswith(f"wrote {run}: esd edit of ")
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["config"]["steps"] == 2 and manifest["config"]["ddim_steps"] == 3
+    assert manifest["request"]["retain"] == ["a dog", "a red car"]  # --retain replaces the kind's default
+    assert manifest["cost"]["stages"]["training"]["units"] == 2  # seconds per step are recorded
     assert manifest["config"]["lr"] == 5e-4  # from the preset
     load_erased(run, device="cpu")
 

@@ -179,6 +179,7 @@ def test_config_round_trips_and_presets_load(tmp_path):
     (dict(mixed_precision="fp8"), "mixed_precision"),
     (dict(remain_weight=0, forget_weight=0), "nothing to train"),
     (dict(checkpoint_every=-1), "checkpoint_every"),
+    (dict(micro_batch_size=0), "micro_batch_size"),
 ])
 def test_bad_config_values_are_refused(values, message):
     with pytest.raises(ErasureInputError, match=message):
@@ -369,6 +370,20 @@ def test_optimizer_step_in_backward_changes_nothing(tiny_sd):
         assert fused.tensors.keys() == plain.tensors.keys() and fused.tensors
         for k in fused.tensors:
             assert torch.equal(fused.tensors[k], plain.tensors[k]), k
+
+
+@pytest.mark.parametrize("rows", [1, 3])
+def test_micro_batches_accumulate_to_the_whole_batch(tiny_sd, rows):
+    """A step's 2B rows in parts of 1 and 3 (gradient accumulation) train the generator the whole batch does."""
+    config = {**TINY, "steps": 2, "batch_size": 2}
+    whole = SFD(SFDConfig(**config))(fresh(tiny_sd), request())
+    parts = SFD(SFDConfig(**config, micro_batch_size=rows))(fresh(tiny_sd), request())
+    assert whole.extra["optimizer_in_backward"] and not parts.extra["optimizer_in_backward"]  # accumulation needs .grad
+    assert whole.tensors.keys() == parts.tensors.keys() and whole.tensors
+    for k in whole.tensors:
+        assert torch.allclose(whole.tensors[k], parts.tensors[k], atol=1e-5), k
+    for key in ("fake_loss_first", "generator_loss_first"):
+        assert parts.extra[key] == pytest.approx(whole.extra[key], rel=1e-4)
 
 
 # ----------------------------------------------------------------------------- run folders and resume

@@ -57,7 +57,14 @@ Implementation choices and deviations (reference: OPTML-Group/AdvUnlearn ``train
   CUDA; ``gradient_checkpointing`` applies to the text encoder and the UNet.
 - The text encoder stays in eval mode (CLIP has no dropout, so this equals the reference's train mode).
 - Loss in noise space for every prediction type (v- and x0-prediction outputs converted first).
-- Pipelines with one CLIP text encoder (SD 1.x/2.x, canvas-mini); SDXL is refused.
+- Model families: SD 1.x, SD 2.x (its OpenCLIP ViT-H text tower is a ``CLIPTextModel`` in diffusers;
+  v-prediction is covered by the noise-space loss) and canvas-mini. SDXL is refused, before any
+  weight loads where the model's class can be read (``check_model``): the UNet attends to two text
+  encoders' features concatenated (CLIP ViT-L and OpenCLIP ViT-bigG), and the second one's pooled
+  projection also enters the added conditioning. The paper's unit is one text encoder (attacked in
+  its word-embedding space, trained, exported and plugged into other models); extending it means a
+  joint attack on two embedding spaces, two trained encoders and a two-part plug-in, none of which
+  the paper or the reference defines, so it is not guessed at here.
 - Several processes (``accelerate launch``): data-parallel like ESD. The plan holds each
   iteration's global batches (``batch_size``, ``retain_batch`` and ``attack_batch`` times the
   number of processes); process r takes block r of each, the text encoder's gradients are
@@ -216,6 +223,34 @@ def text_encoder_parameters(text_encoder, c: AdvUnlearnConfig) -> dict[str, torc
     return select_parameters(text_encoder, patterns)
 
 
+#: AdvUnlearn's reason for refusing SDXL, one line (``check_model`` and the method itself raise it).
+SDXL_REFUSAL = ("advunlearn: AdvUnlearn trains one CLIP text encoder; SDXL has two (CLIP ViT-L and OpenCLIP ViT-bigG, "
+                "whose pooled projection also enters the UNet's added conditioning), which the paper's attack, "
+                "training and plug-and-play text encoder do not cover; use SD 1.x/2.x")
+#: Pipeline classes refused, by the ``_class_name`` of a model_index.json.
+REFUSED_PIPELINES: dict[str, str] = {"StableDiffusionXLPipeline": SDXL_REFUSAL}
+
+
+def check_model(source: str | os.PathLike, config: str | os.PathLike | None = None) -> None:
+    """Refuse a model AdvUnlearn cannot train, reading only its ``model_index.json`` (no weights).
+
+    ``source``/``config`` as for ``load_pipeline``: a diffusers folder, or a single file with the folder
+    of its component configs. Sources whose class cannot be read here pass; ``load_pipeline`` reports
+    their problems and the method refuses an unsupported pipeline once loaded.
+    """
+    name = _pipeline_class_name(source, config)
+    if name in REFUSED_PIPELINES:
+        raise ErasureInputError(REFUSED_PIPELINES[name])
+
+
+def _pipeline_class_name(source: str | os.PathLike, config: str | os.PathLike | None) -> str | None:
+    folder = Path(config if config is not None else source).expanduser()
+    try:
+        return json.loads((folder / "model_index.json").read_text(encoding="utf-8")).get("_class_name")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 # ----------------------------------------------------------------------------- the plan
 @dataclass
 class _Sample:
@@ -318,11 +353,15 @@ class AdvUnlearn(ErasureMethod):
     config_class = AdvUnlearnConfig
     #: the pipeline components its edits change (the CLI's --export-text-encoder checks it up front).
     edited_components: ClassVar[tuple[str, ...]] = ("text_encoder",)
+    #: refuses unsupported models from their model_index.json, before any weight loads (for the CLI).
+    check_model = staticmethod(check_model)
 
     def __call__(self, pipe, request, *, run_dir=None, resume: bool = False, progress=None) -> Edit:
         from erasure.pipelines.erased import component_record
 
         c: AdvUnlearnConfig = self.config
+        if getattr(pipe, "text_encoder_2", None) is not None:
+            raise ErasureInputError(SDXL_REFUSAL)
         check_single_text_encoder(pipe, "advunlearn")
         req = request.resolve(pipe)
         te, unet = pipe.text_encoder, pipe.unet

@@ -112,10 +112,12 @@ class MethodConfig:
 
 
 def load_yaml(text: str):
-    """``yaml.safe_load``, except that exponent floats without a dot ("1e-5") are numbers.
+    """``yaml.safe_load`` read as YAML 1.2 where 1.1 surprises: "1e-5" is a number, "no" is a text.
 
-    PyYAML follows YAML 1.1, where "1e-5" is a string; people write learning rates that way (and
-    YAML 1.2, JSON and Python read them as numbers), so configs and ``--set`` accept them."""
+    PyYAML follows YAML 1.1, where "1e-5" is a string and yes/no/on/off are booleans; people write
+    learning rates that way and settings such as ``mixed_precision: no`` (YAML 1.2, JSON and Python
+    read them as a number and a text), so configs and ``--set`` accept them. Booleans are
+    true/false only."""
     import re
 
     import yaml
@@ -123,6 +125,10 @@ def load_yaml(text: str):
     class Loader(yaml.SafeLoader):
         pass
 
+    bool_tag = "tag:yaml.org,2002:bool"
+    Loader.yaml_implicit_resolvers = {first: [r for r in resolvers if r[0] != bool_tag]
+                                      for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+    Loader.add_implicit_resolver(bool_tag, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
     Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$"),
                                  list("-+0123456789"))
     return yaml.load(text, Loader=Loader)  # noqa: S506 (a SafeLoader subclass)
@@ -226,6 +232,11 @@ class ErasureMethod(ABC):
         elif not isinstance(config, self.config_class):
             raise ErasureInputError(f"{self.name}: expected a {self.config_class.__name__}, got {type(config).__name__}")
         self.config = config.with_overrides(**overrides) if overrides else config
+
+    @staticmethod
+    def check_model(source, config=None) -> None:
+        """Refuse, with one-line ``ErasureInputError``, a model this method cannot train, before any
+        weight loads (``source``/``config`` as for ``load_pipeline``). Default: every model passes."""
 
     @abstractmethod
     def __call__(self, pipe, request, *, run_dir=None, resume: bool = False, progress=None):

@@ -81,6 +81,12 @@ Implementation choices and deviations (same algorithm; every difference named):
 - ``x0`` estimates are not clipped (the reference's SD scheduler has ``clip_sample`` off; clipping
   would cut the gradient through saturated pixels). Noise-prediction losses are in noise space for
   every prediction type (``eps_from_output``), so v-prediction models (canvas-mini) work unchanged.
+- Model families: the paper and reference are SD 1.x (CompVis v1.4); the algorithm carries over
+  unchanged to SD 2.x and SDXL, whose UNets have the same ``attn2.to_k``/``to_v`` projections (on
+  SDXL they read both text encoders' concatenated features) and 4-channel latents for the
+  discriminator (64x64 at 512 px, 96x96 at SD 2.x's 768 px, 128x128 at SDXL's 1024 px). SDXL's
+  added conditions (pooled text projection, size) come from ``TextConditioner`` and are frozen with
+  the text encoders; its empty prompt is the zero embedding the SDXL pipeline guides with.
 - Memory: one UNet. The frozen model's K/V values are kept apart (``FrozenCopy``) and swapped in for
   the ``y_A`` forward; the trained tensors are fp32 master weights. Mixed precision: "no" or "bf16"
   (autocast); fp16 is refused, because surgery needs unscaled gradients and fp16 training needs a

@@ -35,6 +35,16 @@ Implementation choices (same algorithm and data as the references; see METHODS.m
   is the same target either way; only the loss weighting would differ).
 - Resolution: the model's native one (512 px for SD 1.x; the reference's SD-1.x script used
   1024 px, a value carried over from its SDXL script).
+- Model families: SD 1.x, SD 2.x and SDXL run through the same code (the noise-space loss covers
+  SD 2.x's v-prediction; ``TextConditioner`` gives SDXL both text encoders' features, the pooled
+  projection and the size conditioning of ``resolution``). On SDXL the empty prompt is the zero
+  embedding the SDXL pipeline guides with (``force_zeros_for_empty_prompt``), for the x_t
+  trajectories and for the target's unconditional term alike. The reference's SDXL script
+  (``esd_sdxl.py``) samples x_t that way too, but takes the target's unconditional prediction from
+  the encoded empty text, and samples x_t with the pipeline's Euler scheduler, passing its unscaled
+  latents to the UNet; here x_t comes from DDIM on SDXL's noise schedule, as on SD 1.x. That
+  script's defaults (200 iterations, lr 2e-4, sampling guidance 2, ESD-x; it calls ESD-u on SDXL
+  experimental) are not the paper's; ``configs/esd/sdxl-style.yaml`` keeps the paper's and names them.
 - The UNet is kept in eval mode (Stable Diffusion has no dropout, so this equals the reference's
   train mode).
 - Several processes (``accelerate launch --num_processes W``): data-parallel, ``batch_size`` per

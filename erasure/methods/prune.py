@@ -35,6 +35,12 @@ Implementation choices:
 - ``||X_j||`` is a root mean square over the recorded rows (Wanda's running average), not a
   plain sum, so target and base sets of different sizes compare fairly; it is the same selection
   as the reference's whenever both sets have the same number of rows.
+- Model families: the references prune SD 1.x's 16 transformer blocks; SD 2.x has the same 16 and
+  SDXL 70 (24 in the down path, 10 in the middle, 36 in the up path), each with
+  the same GEGLU ``ff.net.2``, so the selection and the edit carry over unchanged (rho is a share of
+  each row, so the count per layer scales with the width). SDXL samples with both text encoders and
+  its added conditions (``TextConditioner``); its classifier-free guidance uses the zero embedding
+  for the empty prompt, as the SDXL pipeline does.
 - Recording stops after the ``tau`` steps it needs (the rest of each trajectory does not affect
   the mask). Under several processes every process computes the same mask (no sharding: the
   recording is seconds on canvas-mini and minutes on SD).

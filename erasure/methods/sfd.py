@@ -63,10 +63,17 @@ and ``sd_util.py``, run with ``run_sfd.sh``; METHODS.md section 3):
 - No EMA of the generator (the reference's SFD runs use ``--ema 0``). No LoRA. The reference starts
   SD runs from a SiD-LSG-distilled one-step generator; ``generator_init`` takes the run folder of an
   earlier SFD run on the same base (e.g. with ``forget_weight: 0``, i.e. plain SiD) for that.
-- Memory: the teacher is the pipeline's own UNet in its own dtype (no copy, frozen); G and f_psi are
-  float32 copies (master weights) run under autocast with mixed precision. Peak memory is measured
-  (``CostMeter``). Gradient checkpointing (``gradient_checkpointing``) applies to all three UNets,
-  since the generator step back-propagates through the teacher and f_psi as well.
+- Memory: the teacher is the pipeline's own UNet in its own dtype (no copy, frozen; bfloat16 when
+  the pipeline is loaded so, the default on a GPU); G and f_psi are float32 copies (master weights)
+  run under autocast with mixed precision. With ``beta1 = 0`` (the reference's betas) Adam keeps no
+  first-moment buffer (``erasure.training.ZeroBeta1Adam``: the same updates bit for bit), and
+  ``optimizer_in_backward`` (default) updates each tensor as soon as its gradient is complete, so no
+  whole-UNet gradient is ever held (bit for bit the same; used with one process, no fp16 loss
+  scaling and no micro-batches). ``micro_batch_size`` runs a step's 2B rows in parts with gradient
+  accumulation (the same gradient up to float summation order) to bound activation memory.
+  Gradient checkpointing (``gradient_checkpointing``) applies to all three UNets, since the
+  generator step back-propagates through the teacher and f_psi as well. Peak memory is measured
+  (``CostMeter``); bench/sd_scale.py and bench/sd_memory.py measure it at SD 1.5's size.
 - Checkpoints hold both networks, both optimisers, the fp16 loss scaler state and the losses.
 - Several processes (``accelerate launch``): data-parallel as ESD; both networks' gradients are
   averaged over the processes every step.
@@ -79,7 +86,7 @@ import logging
 import math
 import random
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -155,6 +162,7 @@ class SFDConfig(MethodConfig):
     gradient_checkpointing: bool = False
     fp16_grad_clip: float = 1.0
     optimizer_in_backward: bool = True
+    micro_batch_size: int | None = None
 
     def validate(self) -> None:
         def bad(key: str, why: str) -> ErasureInputError:
@@ -193,6 +201,8 @@ class SFDConfig(MethodConfig):
             raise bad("mixed_precision", f"expected one of {', '.join(MIXED_PRECISION)}")
         if self.resolution is not None and self.resolution < 8:
             raise bad("resolution", "is too small")
+        if self.micro_batch_size is not None and self.micro_batch_size < 1:
+            raise bad("micro_batch_size", "must be at least 1 (or null: every row of a step at once)")
 
     def guidances(self) -> dict[str, float]:
         """kappa1 (fake training), kappa2/3 (fake evaluation), kappa4 (teacher), defaulting to ``guidance``."""
@@ -344,6 +354,14 @@ class _Batch:
     z_seed: list[int]
     noise_seed: list[int]
 
+    def split(self, rows: int | None) -> list["_Batch"]:
+        """Consecutive parts of at most ``rows`` rows (the whole batch for None)."""
+        n = len(self.t)
+        if rows is None or rows >= n:
+            return [self]
+        names = [f.name for f in fields(self)]
+        return [_Batch(*(getattr(self, k)[i:i + rows] for k in names)) for i in range(0, n, rows)]
+
 
 class _Plan:
     """Every sample of every step, a pure function of (seed, step, phase, branch, global index)."""
@@ -456,8 +474,9 @@ class _Run:
         self.opt_g, self.opt_f = self.accelerator.prepare(opt_g, opt_f)
         # Where it changes nothing (see the module docstring), each tensor is updated as its gradient
         # completes and the gradient freed: one UNet's worth of gradient memory less.
+        whole_steps = c.micro_batch_size is None or c.micro_batch_size >= 2 * c.batch_size  # no accumulation
         self.in_backward = (c.optimizer_in_backward and isinstance(opt_g, ZeroBeta1Adam) and mixed != "fp16"
-                            and self.world == 1)
+                            and self.world == 1 and whole_steps)
         self.checkpointing = []
         if c.gradient_checkpointing:
             for unet in (self.generator, self.fake, self.teacher):
@@ -504,61 +523,73 @@ class _Run:
         return cond, t, z, noise, weights
 
     def fake_step(self, step: int) -> float:
-        batch = self.plan.batch(step, "fake", self.rank)
-        cond, t, z, noise, weights = self._rows(batch)
-        g_cond = cond(batch.g_cond)
-        empty = cond([self.index[""]] * len(batch.t))
-        acc = self.accelerator
-        self.fake.requires_grad_(True)
-        try:
-            with acc.autocast():
-                with torch.no_grad():
-                    x = generator_x0(self.generator, z, self.times["t_star"], g_cond, self.ac, self.kind)
-                x_t = add_noise(self.ac, x, noise, t)
-                out = guided_output(self.fake, x_t, t, g_cond, empty, self.kappa["fake_train"])
-                eps = eps_from_output(self.ac, out, x_t, t, self.kind)
-                loss, kept = fake_score_loss(eps, noise, weights, self.c.batch_size)
-            return self._update(loss, kept, self.fake, self.opt_f, clip=None)
-        finally:
-            self.fake.requires_grad_(False)
+        def loss_of(batch: _Batch) -> tuple[torch.Tensor, torch.Tensor]:
+            cond, t, z, noise, weights = self._rows(batch)
+            g_cond = cond(batch.g_cond)
+            empty = cond([self.index[""]] * len(batch.t))
+            with torch.no_grad():
+                x = generator_x0(self.generator, z, self.times["t_star"], g_cond, self.ac, self.kind)
+            x_t = add_noise(self.ac, x, noise, t)
+            out = guided_output(self.fake, x_t, t, g_cond, empty, self.kappa["fake_train"])
+            eps = eps_from_output(self.ac, out, x_t, t, self.kind)
+            return fake_score_loss(eps, noise, weights, self.c.batch_size)
+
+        return self._train(self.plan.batch(step, "fake", self.rank), loss_of, self.fake, self.opt_f, clip=None)
 
     def generator_step(self, step: int) -> float:
-        batch = self.plan.batch(step, "generator", self.rank)
-        cond, t, z, noise, weights = self._rows(batch)
-        g_cond = cond(batch.g_cond)
-        empty = cond([self.index[""]] * len(batch.t))
-        acc = self.accelerator
-        self.generator.requires_grad_(True)
-        try:
-            with acc.autocast():
-                x = generator_x0(self.generator, z, self.times["t_star"], g_cond, self.ac, self.kind)
-                x_t = add_noise(self.ac, x, noise, t)
-                y_fake = x0_from_output(self.ac, guided_output(self.fake, x_t, t, g_cond, empty, self.kappa["fake"]),
-                                        x_t, t, self.kind)
-                out_real = guided_output(self.teacher, x_t, t, cond(batch.real_cond), cond(batch.real_uncond),
-                                         self.kappa["real"])
-                y_real = x0_from_output(self.ac, out_real, x_t, t, self.kind)
-                loss, kept = sid_generator_loss(x, y_real, y_fake, self.c.alpha, weights, self.c.batch_size)
-            clip = self.c.fp16_grad_clip if self.mixed == "fp16" and self.c.fp16_grad_clip > 0 else None
-            return self._update(loss, kept, self.generator, self.opt_g, clip=clip)
-        finally:
-            self.generator.requires_grad_(False)
+        def loss_of(batch: _Batch) -> tuple[torch.Tensor, torch.Tensor]:
+            cond, t, z, noise, weights = self._rows(batch)
+            g_cond = cond(batch.g_cond)
+            empty = cond([self.index[""]] * len(batch.t))
+            x = generator_x0(self.generator, z, self.times["t_star"], g_cond, self.ac, self.kind)
+            x_t = add_noise(self.ac, x, noise, t)
+            y_fake = x0_from_output(self.ac, guided_output(self.fake, x_t, t, g_cond, empty, self.kappa["fake"]),
+                                    x_t, t, self.kind)
+            out_real = guided_output(self.teacher, x_t, t, cond(batch.real_cond), cond(batch.real_uncond),
+                                     self.kappa["real"])
+            y_real = x0_from_output(self.ac, out_real, x_t, t, self.kind)
+            return sid_generator_loss(x, y_real, y_fake, self.c.alpha, weights, self.c.batch_size)
 
-    def _update(self, loss: torch.Tensor, kept: torch.Tensor, net: torch.nn.Module, optimizer, clip: float | None) -> float:
+        clip = self.c.fp16_grad_clip if self.mixed == "fp16" and self.c.fp16_grad_clip > 0 else None
+        return self._train(self.plan.batch(step, "generator", self.rank), loss_of, self.generator, self.opt_g, clip)
+
+    def _train(self, batch: _Batch, loss_of, net: torch.nn.Module, optimizer, clip: float | None) -> float:
+        """One optimiser step of ``net`` on ``batch``, in micro-batches of ``micro_batch_size`` rows.
+
+        Each part's loss is already divided by the whole batch size, so the accumulated gradient is
+        the whole batch's (up to float summation order).
+        """
         acc = self.accelerator
         params = list(net.parameters())
-        if self.in_backward:
-            if not kept.any():
-                logger.warning("sfd: every sample of this step was NaN/inf; step skipped")
-                return float("nan")
-            with step_in_backward(optimizer.optimizer, params, _finite_grad):
-                acc.backward(loss)
-            return float(loss.detach())
-        if kept.any():
-            acc.backward(loss)
+        parts = batch.split(self.c.micro_batch_size)
+        net.requires_grad_(True)
+        try:
+            if self.in_backward:
+                with acc.autocast():
+                    loss, kept = loss_of(batch)
+                if not kept.any():
+                    logger.warning("sfd: every sample of this step was NaN/inf; step skipped")
+                    return float("nan")
+                with step_in_backward(optimizer.optimizer, params, _finite_grad):
+                    acc.backward(loss)
+                return float(loss.detach())
+            total = 0.0
+            for part in parts:
+                with acc.autocast():
+                    loss, kept = loss_of(part)
+                if kept.any():
+                    acc.backward(loss)
+                total += float(loss.detach())
+            return self._step(torch.tensor(total), params, optimizer, clip)
+        finally:
+            net.requires_grad_(False)
+
+    def _step(self, loss: torch.Tensor, params: list[torch.nn.Parameter], optimizer, clip: float | None) -> float:
+        """Average over processes, clean and clip the accumulated gradients, then step."""
+        acc = self.accelerator
         if self.world > 1:
             self._average_gradients(params)
-            loss = self._mean(loss.detach())
+            loss = self._mean(loss.to(self.device))
         if all(p.grad is None for p in params):
             logger.warning("sfd: every sample of this step was NaN/inf; step skipped")
             optimizer.zero_grad(set_to_none=True)
@@ -571,7 +602,7 @@ class _Run:
             torch.nn.utils.clip_grad_value_(params, clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        return float(loss.detach())
+        return float(loss)
 
     def _average_gradients(self, params: list[torch.nn.Parameter]) -> None:
         import torch.distributed as dist
