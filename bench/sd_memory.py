@@ -105,11 +105,11 @@ def breakdown(n: dict[str, int], row_bytes: float) -> list[dict]:
     frozen_other = (n["text_encoder"] + n["vae"]) * half
 
     def plan(name: str, preset: str, trained: int, frozen_unet: int, adam_buffers: int, copies: int,
-             rows: int, notes: str, extra: int = 0, trained_text: int = 0) -> dict:
+             rows: int, notes: str, extra: int = 0, trained_text: int = 0, grads: int | None = None) -> dict:
         parts = {
             "frozen weights (bf16)": frozen_unet * half + frozen_other - trained_text * half,
             "trained weights (fp32 master)": trained * full,
-            "gradients (fp32)": trained * full if name != "sfd" else 0,
+            "gradients (fp32)": grads if grads is not None else trained * full,
             "optimiser state (fp32)": trained * full * adam_buffers,
             "frozen copies of trained tensors": copies,
             "other networks": extra,
@@ -120,6 +120,10 @@ def breakdown(n: dict[str, int], row_bytes: float) -> list[dict]:
                 "fits_24gb": total <= GPU_BYTES, "rows_with_gradients": rows, "notes": notes}
 
     unet = n["unet"]
+    sfd_preset = _preset("sfd/sd15-nudity")
+    sfd_batch, sfd_micro = sfd_preset["batch_size"], sfd_preset.get("micro_batch_size") or 2 * sfd_preset["batch_size"]
+    sfd_notes = ("teacher bf16 (the pipeline's own UNet, not copied); generator and fake score as fp32 masters; "
+                 "Adam without its first moment (beta1 0) = 1 buffer each")
     return [
         plan("esd-x", "esd/sd15-style", n["esd-x"], unet - n["esd-x"], 2, n["esd-x"] * half, 1,
              "batch 1; x_t precomputed; the frozen values of attn2 kept in bf16"),
@@ -130,12 +134,19 @@ def breakdown(n: dict[str, int], row_bytes: float) -> list[dict]:
              "(the attack's rows come and go before the training step)", trained_text=n["advunlearn"]),
         plan("doco", "doco/sd15-object", n["doco"], unet - n["doco"], 2, n["doco"] * half, 8 + 8,
              "batch 8 + 8 prior rows; PatchGAN discriminator (a few MB) not counted"),
-        plan("sfd", "sfd/sd15-nudity", 2 * unet, unet, 1, 0,
-             2 * 8 + 2 * 2 * 8 + 2 * 2 * 8,
-             "teacher bf16 (the pipeline's own UNet, not copied); generator and fake score as fp32 masters; "
-             "Adam without its first moment (beta1 0) = 1 buffer each; gradients fused into backward (none "
-             "held); rows in the generator step: G 2x8, fake score and teacher 2x8 each with CFG (x2)"),
+        plan("sfd", "sfd/sd15-nudity", 2 * unet, unet, 1, 0, 5 * sfd_micro, sfd_notes
+             + f"; micro_batch_size {sfd_micro} (the preset's): a part's G {sfd_micro} rows + fake score and "
+             f"teacher 2x{sfd_micro} each; one UNet's gradients held for the accumulation", grads=unet * full),
+        plan("sfd", "sfd/sd15-nudity, micro_batch_size null", 2 * unet, unet, 1, 0, 5 * 2 * sfd_batch, sfd_notes
+             + f"; all rows at once: G 2x{sfd_batch}, fake score and teacher 2x2x{sfd_batch}; gradients fused "
+             "into backward (none held)", grads=0),
     ]
+
+
+def _preset(name: str) -> dict:
+    from erasure.methods.base import load_yaml
+
+    return load_yaml((ROOT / "configs" / f"{name}.yaml").read_text())
 
 
 def markdown(result: dict) -> str:
