@@ -293,13 +293,13 @@ def markdown(result: dict) -> str:
         "command line (the command column of OUT.json has each), then `load_erased` and one 2-step image "
         "in a second process. Peak RSS: the erase process's. Projected: the full preset on this machine.",
         "",
-        "| family | preset | shortened | first step (s) | s/step | peak RSS (GiB) | edit | edit / checkpoint | load+start (s) | precompute (s) | write (s) | generate (s) | projected full preset (h) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| family | preset | shortened | first step (s) | s/step | peak RSS (GiB) | edit | edit / checkpoint | load+start (s) | precompute (s) | write (s) | generate (s) | projected full preset (h) | meanwhile on the machine |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in sorted(result["runs"].values(), key=lambda r: (r["family"], r["id"])):
         if "error" in r:
             lines.append(f"| {r['family']} | {r['id']} | failed (exit {r['erase']['exit_code']}) | | | "
-                         f"{r['erase']['peak_rss_bytes'] / 2**30:.1f} | | | | | | | |")
+                         f"{r['erase']['peak_rss_bytes'] / 2**30:.1f} | | | | | | | | {r.get('load_meanwhile', '')} |")
             continue
         s = r["summary"]
         short = " ".join(a for a in r["command"].split(" --")[1:] if a.startswith(("steps", "set")))
@@ -307,14 +307,21 @@ def markdown(result: dict) -> str:
         short += f" retain: {retained} prompts" if retained else ""
         pre = sum(v for k, v in s["phases_seconds"].items() if k != "training")
         lines.append(
-            f"| {r['family']} | {r['id']} | `{short.replace('set ', '')}` | {s['first_step_seconds'] or '-'} | {s['seconds_per_step'] or '-'} "
+            f"| {r['family']} | {r['id']} | `{short.replace('set ', '')}` | {_num(s['first_step_seconds'])} | {_num(s['seconds_per_step'])} "
             f"| {s['peak_rss_gib']} | {s['edit_bytes'] / 1e9:.2f} GB {s['edit_dtype']} | {s['edit_share_of_checkpoint']:.1%} "
             f"| {s['load_and_start_seconds']} | {pre:.0f} | {s['edit_write_seconds']} | {s['generate_seconds']} "
-            f"| {s['projection']['total_hours']} |"
+            f"| {_num(s['projection']['total_hours'])} | {r.get('load_meanwhile', '')} |"
         )
     lines += ["", "Projections: " + "; ".join(sorted({f"{r['method']}: {r['summary']['projection']['how']}"
                                                      for r in result["runs"].values() if 'summary' in r})), ""]
     return "\n".join(lines)
+
+
+def _num(value: float | None) -> str:
+    """Three significant figures at most, thousands separated: 487.2883 -> 487, 0.01234 -> 0.0123."""
+    if value is None:
+        return "-"
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
 
 
 def machine() -> str:
