@@ -71,7 +71,7 @@ STEP_STAGES = {
     "advunlearn": ("training", "training step (attack round + outer step)"),
     "doco": ("training", "training step (generator + discriminator)"),
     "sfd": ("training", "training step (fake-score + generator update)"),
-    "prune": ("recording activations", "recording pass over one prompt set (training-free method)"),
+    "prune": ("recording activations", "one prompt sampled for tau steps while recording (training-free method)"),
 }
 
 # Full size (the device run): the presets' per-step work is kept where it sets the step's cost

@@ -142,3 +142,18 @@ def test_config_round_trip():
     c = PruneConfig(rho=0.02, tau=5, base="empty")
     assert PruneConfig.from_json(c.to_json()) == c
     assert PruneConfig.from_yaml(c.to_yaml()) == c
+
+
+def test_recording_reports_progress_per_batch(tiny_sd):
+    """At SD's size a batch of prompts takes minutes on a CPU: progress after every batch, in samples."""
+    from erasure.pipelines import load_pipeline
+
+    pipe = load_pipeline(tiny_sd.folder, device="cpu")  # pruned in place: not the shared fixture
+    seen = []
+    request = ErasureRequest(targets=["a photo of the moon over paris"], kind="memorized",
+                             retain=["a dog", "a house", "a car"])
+    config = PruneConfig(rho=0.05, **{**FAST, "batch_size": 2})
+    Prune(config)(pipe, request, progress=lambda *update: seen.append(update[:3]))
+    totals = {total for _, _, total in seen}
+    assert totals == {4 * config.seeds} and seen[0][1] == 0 and seen[-1][1] == 4 * config.seeds
+    assert [done for _, done, _ in seen] == sorted(done for _, done, _ in seen) and len(seen) >= 4

@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -157,8 +157,13 @@ class ActivationNorms:
 
 
 @torch.no_grad()
-def record_activation_norms(pipe, prompts: Sequence[str], config: PruneConfig) -> dict[str, torch.Tensor]:
-    """``||X_j||`` per layer and step (``(tau, d_in)``) while ``pipe`` samples ``prompts`` x ``config.seeds``."""
+def record_activation_norms(pipe, prompts: Sequence[str], config: PruneConfig,
+                            on_batch: Callable[[int], None] | None = None) -> dict[str, torch.Tensor]:
+    """``||X_j||`` per layer and step (``(tau, d_in)``) while ``pipe`` samples ``prompts`` x ``config.seeds``.
+
+    ``on_batch(n)`` is called after each batch of ``n`` samples (progress: at Stable Diffusion's size
+    on a CPU a batch takes minutes).
+    """
     c = config
     unet = pipe.unet
     resolution = c.resolution or native_resolution(pipe)
@@ -179,6 +184,8 @@ def record_activation_norms(pipe, prompts: Sequence[str], config: PruneConfig) -
                 out_u, out_c = unet_output(unet, model_in, t, both).chunk(2)
                 x = ddim.step(cfg(out_u, out_c, c.guidance), t, x, eta=0.0, return_dict=False)[0]
             recorder.step = None
+            if on_batch is not None:
+                on_batch(len(batch))
     return recorder.norms()
 
 
@@ -255,14 +262,18 @@ class Prune(ErasureMethod):
         meter = CostMeter(unet.device)
         targets, bases = prompt_sets(pipe, req, c.base)
         with meter.phase("recording"):
+            # One unit per sampled prompt (prompt x seed), target set then base set.
+            total, done = (len(targets) + len(bases)) * c.seeds, 0
+
+            def advance(n: int) -> None:
+                nonlocal done
+                done += n
+                progress("recording activations", done, total, {})
+
             if progress:
-                progress("recording activations", 0, 2, {})
-            target_norms = record_activation_norms(pipe, targets, c)
-            if progress:
-                progress("recording activations", 1, 2, {})
-            base_norms = record_activation_norms(pipe, bases, c)
-            if progress:
-                progress("recording activations", 2, 2, {})
+                progress("recording activations", 0, total, {})
+            target_norms = record_activation_norms(pipe, targets, c, advance if progress else None)
+            base_norms = record_activation_norms(pipe, bases, c, advance if progress else None)
         zeroed, per_layer = {}, {}
         with meter.phase("pruning"), torch.no_grad():
             for name, module in ActivationNorms(unet, c.layers, 1).layers.items():
