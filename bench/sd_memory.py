@@ -144,9 +144,10 @@ def breakdown(n: dict[str, int], row_bytes: float) -> list[dict]:
 
 
 def _preset(name: str) -> dict:
-    from erasure.methods.base import load_yaml
+    from erasure.configs import preset_path
+    from erasure.methods import read_config_file
 
-    return load_yaml((ROOT / "configs" / f"{name}.yaml").read_text())
+    return read_config_file(preset_path(name))
 
 
 def markdown(result: dict) -> str:

@@ -189,9 +189,9 @@ def run_one(method: str, preset: Path, family: str, work: Path) -> dict:
 
 # ----------------------------------------------------------------------------- numbers
 def preset_values(preset: Path) -> dict:
-    from erasure.methods.base import load_yaml
+    from erasure.methods import read_config_file
 
-    return load_yaml(preset.read_text())
+    return read_config_file(preset)
 
 
 def summarise(record: dict, preset: Path) -> dict:
