@@ -25,7 +25,7 @@ from erasure.edit import Edit, fingerprint, pipeline_modules
 from erasure.errors import ErasureInputError
 from erasure.pipelines import generate, load_pipeline, parse_seeds
 from erasure.pipelines.canvas.model import EMBEDDED_MODEL_NAME
-from erasure.pipelines.one_step import one_step_pipeline
+from erasure.one_step import one_step_pipeline
 
 from .runs import inspect_run, resolve_run
 

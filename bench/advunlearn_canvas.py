@@ -46,7 +46,8 @@ from erasure.attacks import SoftPromptAttackConfig, attack_success_rate, canvas_
 from erasure.configs import preset_path
 from erasure.edit import read_manifest
 from erasure.evaluation import SamplingSettings, evaluate_runs
-from erasure.pipelines import load_erased, load_pipeline
+from erasure.erased import load_erased
+from erasure.pipelines import load_pipeline
 from erasure.pipelines.generation import parse_seeds
 
 ROOT = Path(__file__).resolve().parents[1]

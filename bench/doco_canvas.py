@@ -45,7 +45,8 @@ from erasure.evaluation import (
 )
 from erasure.methods.doco import DoCoConfig  # registers "doco"
 from erasure.methods.esd import ESDConfig
-from erasure.pipelines import load_erased, load_pipeline
+from erasure.erased import load_erased
+from erasure.pipelines import load_pipeline
 from erasure.pipelines.canvas.render import OBJECTS, STYLES, TEMPLATES, caption
 from erasure.pipelines.generation import parse_seeds
 

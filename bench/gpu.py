@@ -368,7 +368,7 @@ def measure_generation(pipe, edit, device, args: argparse.Namespace, peak: PeakM
     """Seconds per image of the erased pipeline's sampler: one warm-up image, then ``--gen-images`` timed ones."""
     from erasure.diffusion import native_resolution
     from erasure.pipelines import generate
-    from erasure.pipelines.one_step import OneStepPipeline, one_step_pipeline
+    from erasure.one_step import OneStepPipeline, one_step_pipeline
 
     sampler = one_step_pipeline(pipe, edit.extra)  # SFD's runs sample with their one-step generator
     one_step = isinstance(sampler, OneStepPipeline)

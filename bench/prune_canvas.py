@@ -36,7 +36,8 @@ from erasure import ErasureRequest
 from erasure.configs import preset_path
 from erasure.edit import read_manifest
 from erasure.evaluation import SamplingSettings, accuracy_canvas, canvas_cases, evaluate_runs
-from erasure.pipelines import load_erased, load_pipeline
+from erasure.erased import load_erased
+from erasure.pipelines import load_pipeline
 from erasure.pipelines.canvas.render import MEMORIZATION_TARGETS, OBJECTS, STYLES, caption, grid_dataset, to_array
 from erasure.pipelines.generation import generate, parse_seeds
 

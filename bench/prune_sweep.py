@@ -23,7 +23,8 @@ from _runs import erase_once
 from erasure import ErasureRequest
 from erasure.configs import preset_path
 from erasure.edit import read_manifest
-from erasure.pipelines import load_erased, load_pipeline
+from erasure.erased import load_erased
+from erasure.pipelines import load_pipeline
 from erasure.pipelines.canvas.render import MEMORIZATION_TARGETS
 from erasure.pipelines.generation import parse_seeds
 from prune_canvas import RESULTS, ROOT, memorization_summary, target_similarity, utility

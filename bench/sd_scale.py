@@ -127,7 +127,7 @@ def folder_bytes(folder: Path) -> int:
 GENERATE = """
 import json, sys, time
 t0 = time.perf_counter()
-from erasure.pipelines import load_erased
+from erasure.erased import load_erased
 from erasure.pipelines.generation import generate
 pipe = load_erased(sys.argv[1], device="cpu")
 t1 = time.perf_counter()

@@ -45,9 +45,10 @@ from erasure.evaluation import (
     generate_cached,
     score_canvas,
 )
-from erasure.pipelines import generate, load_erased, load_pipeline
+from erasure.erased import load_erased
+from erasure.pipelines import generate, load_pipeline
 from erasure.pipelines.generation import parse_seeds
-from erasure.pipelines.one_step import OneStepPipeline, one_step_pipeline
+from erasure.one_step import OneStepPipeline, one_step_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"

@@ -10,7 +10,7 @@ _LAZY = {
     "erase": ("erasure.api", "erase"),
     "ErasureRequest": ("erasure.request", "ErasureRequest"),
     "Edit": ("erasure.edit", "Edit"),
-    "load_erased": ("erasure.pipelines.erased", "load_erased"),
+    "load_erased": ("erasure.erased", "load_erased"),
 }
 
 __all__ = sorted(_LAZY)

@@ -12,7 +12,7 @@ A finished run folder holds::
 
 ``manifest.json`` is written last, through a temporary name and a rename, so a folder without it is
 never mistaken for a finished run (while a run trains, the folder holds only ``checkpoint/``).
-``erasure.pipelines.load_erased(run_dir)`` turns a run folder back into a pipeline.
+``erasure.load_erased(run_dir)`` turns a run folder back into a pipeline.
 """
 
 from __future__ import annotations

@@ -333,7 +333,8 @@ class Context:
         return self._base
 
     def erased(self, run: str):
-        from erasure.pipelines import load_erased, load_pipeline
+        from erasure.erased import load_erased
+        from erasure.pipelines import load_pipeline
 
         # a fresh base: applying the edit must not change the original used for "before"
         return load_erased(run, base=load_pipeline(self.original, device=self.device))

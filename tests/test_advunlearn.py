@@ -13,7 +13,8 @@ import torch
 from erasure import ErasureRequest, erase
 from erasure.errors import ErasureInputError
 from erasure.methods.advunlearn import AdvUnlearn, AdvUnlearnConfig, export_text_encoder, text_encoder_parameters
-from erasure.pipelines import load_erased, load_pipeline
+from erasure.erased import load_erased
+from erasure.pipelines import load_pipeline
 
 PRESETS = Path(__file__).parent.parent / "configs" / "advunlearn"
 # A few steps on a 4-step DDIM grid; the attack starts after 2 warm-up steps.

@@ -22,7 +22,8 @@ from PIL import Image
 
 from erasure import ErasureRequest, erase
 from erasure.errors import ErasureInputError
-from erasure.pipelines import generate, load_erased, load_pipeline
+from erasure.erased import load_erased
+from erasure.pipelines import generate, load_pipeline
 
 gradio_client = pytest.importorskip("gradio_client")
 
@@ -268,7 +269,7 @@ def test_client_several_runs_side_by_side(client, tiny_sd):
 
 
 def test_client_samples_an_sfd_run_with_its_one_step_generator(client, tiny_sd, runs_dir):
-    from erasure.pipelines.one_step import OneStepPipeline
+    from erasure.one_step import OneStepPipeline
 
     _, gallery, _ = _compare(client, tiny_sd, ["one-step"], seeds="2")
     erased = load_erased(runs_dir / "one-step", base=load_pipeline(tiny_sd.folder, device="cpu"))

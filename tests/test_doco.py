@@ -21,7 +21,8 @@ from erasure.methods.doco import (
     gradient_surgery,
     prompt_pairs,
 )
-from erasure.pipelines import load_erased, load_pipeline
+from erasure.erased import load_erased
+from erasure.pipelines import load_pipeline
 
 CONFIGS = Path(__file__).parent.parent / "configs" / "doco"
 # A few steps on the tiny SD pipeline (16x16 latents): small discriminator, few anchor images.

@@ -15,7 +15,8 @@ import torch
 from erasure import ErasureRequest, erase
 from erasure.cli import main
 from erasure.errors import ErasureInputError
-from erasure.pipelines import load_erased, load_pipeline
+from erasure.erased import load_erased
+from erasure.pipelines import load_pipeline
 
 # A few steps on a 4-step DDIM grid: enough to move the weights, fast on a CPU.
 TINY = dict(steps=6, ddim_steps=4, lr=1e-3, precompute_batch=8, checkpoint_every=0)

@@ -284,7 +284,7 @@ def test_runs_with_the_same_folder_name_get_distinct_grid_names(tmp_path):
 
 def test_an_sfd_run_is_evaluated_through_its_one_step_generator(tmp_path, monkeypatch):
     """Evaluation samples an SFD run with the one-step sampler its manifest names, not the original's."""
-    from erasure.pipelines.one_step import OneStepPipeline
+    from erasure.one_step import OneStepPipeline
 
     run = tmp_path / "sfd-dotted"
     erase(load_pipeline("canvas-mini"), ErasureRequest(["dotted"], kind="style"), "sfd", out=run,

@@ -24,7 +24,8 @@ import torch
 
 from erasure import erase
 from erasure.edit import Edit
-from erasure.pipelines import load_erased, load_pipeline
+from erasure.erased import load_erased
+from erasure.pipelines import load_pipeline
 
 # Each launch is ended (with its workers) after LAUNCH_TIMEOUT, within pytest-timeout's limit.
 LAUNCH_TIMEOUT = 600

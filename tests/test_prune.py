@@ -78,7 +78,8 @@ def test_wanda_selection_on_a_hand_made_matrix():
 
 def test_prune_changes_only_ffn_weights_and_round_trips(tiny_sd, tmp_path):
     from erasure.edit import Edit, fingerprint
-    from erasure.pipelines import load_erased, load_pipeline
+    from erasure.erased import load_erased
+    from erasure.pipelines import load_pipeline
 
     pipe = load_pipeline(tiny_sd.folder, device="cpu")
     before = {f"{c}.{n}": p.detach().clone() for c in ("unet", "text_encoder", "vae")

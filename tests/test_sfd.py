@@ -29,8 +29,9 @@ from erasure.methods.sfd import (
     resolve_timesteps,
     sid_generator_loss,
 )
-from erasure.pipelines import generate, load_erased, load_pipeline
-from erasure.pipelines.one_step import OneStepPipeline, one_step_generate, one_step_pipeline
+from erasure.erased import load_erased
+from erasure.pipelines import generate, load_pipeline
+from erasure.one_step import OneStepPipeline, one_step_generate, one_step_pipeline
 
 # A request with few prompts (the text table stays small) and an anchor for the override prompts.
 REQUEST = dict(targets=["a cat"], anchor="a dog", prompts=["a photo of a cat", "a cat on a sofa"],

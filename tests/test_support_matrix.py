@@ -22,7 +22,8 @@ import torch
 from erasure import ErasureRequest, erase
 from erasure.api import method_config
 from erasure.errors import ErasureInputError
-from erasure.pipelines import load_erased, load_pipeline
+from erasure.erased import load_erased
+from erasure.pipelines import load_pipeline
 
 CONFIGS = Path(__file__).parent.parent / "configs"
 FAMILIES = ("sd1", "sd2-v", "sdxl")
@@ -217,7 +218,7 @@ def test_cli_refuses_advunlearn_on_sdxl_before_any_weight_loads(tiny_sdxl, tmp_p
 # ----------------------------------------------------------------------------- SFD
 @pytest.mark.parametrize("family", FAMILIES)
 def test_sfd_training_on_every_family(family, folder, tmp_path):
-    from erasure.pipelines.one_step import OneStepPipeline, one_step_generate
+    from erasure.one_step import OneStepPipeline, one_step_generate
 
     request = ErasureRequest(["a cat"], anchor="a dog", prompts=["a photo of a cat", "a cat on a sofa"],
                              retain=["a photo of a tree", "a red car"])

@@ -357,7 +357,7 @@ class AdvUnlearn(ErasureMethod):
     check_model = staticmethod(check_model)
 
     def __call__(self, pipe, request, *, run_dir=None, resume: bool = False, progress=None) -> Edit:
-        from erasure.pipelines.erased import component_record
+        from erasure.erased import component_record
 
         c: AdvUnlearnConfig = self.config
         if getattr(pipe, "text_encoder_2", None) is not None:
@@ -615,7 +615,7 @@ def export_text_encoder(run_dir: str | os.PathLike, out_dir: str | os.PathLike, 
     """
     from erasure.edit import Edit as _Edit
     from erasure.edit import read_manifest
-    from erasure.pipelines import load_erased
+    from erasure.erased import load_erased
 
     run = Path(run_dir).expanduser()
     manifest = read_manifest(run)

@@ -5,7 +5,7 @@ Distillation (SiD), into a one-step generator ``G`` whose scores for the forget 
 to the teacher's scores for the override prompts. Three UNets: the frozen teacher ``eps*`` (the
 pipeline's own UNet), a fake-score network ``f_psi`` and the generator ``G``, both initialised from
 the teacher. ``G(z, c) = x0(eps_G(sqrt(1 - a*) z, t*, c))``: pure noise read as the noisy sample at
-a fixed ``t*`` (``erasure.pipelines.one_step.generator_x0``).
+a fixed ``t*`` (``erasure.one_step.generator_x0``).
 
 Prompts (``request.resolve(pipe)``): forget prompts ``c_f`` are the request's prompts (and, by
 default, its paraphrases); each override prompt ``c_o`` is its forget prompt with the target
@@ -28,7 +28,7 @@ fresh noise, classifier-free guidance ``CFG(e, x_t, t, c, w)`` with the empty pr
 
 The result is an ``Edit`` holding the generator's changed UNet tensors, with
 ``extra = {"sampler": "one-step", "t_star": t*}``: sample it with
-``erasure.pipelines.one_step.OneStepPipeline`` (one UNet call per image); as a multi-step model the
+``erasure.one_step.OneStepPipeline`` (one UNet call per image); as a multi-step model the
 edited UNet is meaningless. The pipeline passed in is left holding the generator's weights.
 
 Implementation choices (reference: tqch/score-forgetting-distillation, ``SD/training/training_loop.py``
@@ -107,7 +107,7 @@ from erasure.diffusion import (
 )
 from erasure.edit import Edit
 from erasure.errors import ErasureInputError
-from erasure.pipelines.one_step import SAMPLER, generator_x0
+from erasure.one_step import SAMPLER, generator_x0
 from erasure.training import (
     MIXED_PRECISION,
     CostMeter,

@@ -39,8 +39,8 @@ def load_erased(
     """
     from erasure.edit import FULL_EXPORT, Edit, fingerprint, read_manifest
 
-    from .loading import load_pipeline
-    from .one_step import one_step_pipeline
+    from erasure.pipelines.loading import load_pipeline
+    from erasure.one_step import one_step_pipeline
 
     run = Path(run_dir).expanduser()
     manifest = read_manifest(run)

@@ -266,7 +266,7 @@ def one_step_generate(
     ``pipe``: a pipeline whose UNet holds a one-step generator (or a ``OneStepPipeline``). Images do
     not depend on ``batch_size`` (``erasure.pipelines.generate`` draws them).
     """
-    from .generation import generate
+    from erasure.pipelines.generation import generate
 
     inner = pipe.pipe if isinstance(pipe, OneStepPipeline) else pipe
     wrapped = OneStepPipeline(inner, t_star, steps=steps, guidance=guidance)
