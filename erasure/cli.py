@@ -11,7 +11,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, Callable, Optional
+from typing import Annotated, Optional
 
 import typer
 
@@ -212,72 +212,69 @@ def evaluate(
     erased: Annotated[list[Path], typer.Option("--erased", "-e", help="Run folder of an erased model; repeat for several.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for metrics.json, report.md, grids and the image cache.")],
     original: Annotated[str, typer.Option("--original", help="The model the runs were erased from.")] = "canvas-mini",
-    suite: Annotated[str, typer.Option("--suite", help="Evaluation suite: canvas, memorization, sd-nudity, sd-style or sd-object.")] = "canvas",
+    suite: Annotated[str, typer.Option("--suite", help="Evaluation suite: canvas, memorization, sd-nudity, sd-style, sd-object (`erasure suites` lists each one's arguments).")] = "canvas",
     seeds: Annotated[Optional[str], typer.Option("--seeds", help="Seeds per prompt, e.g. 0-1 or 0,3,5 (default: the suite's).")] = None,
     steps: Annotated[Optional[int], typer.Option("--steps", min=1, help="Sampling steps (default: the suite's).")] = None,
     guidance: Annotated[Optional[float], typer.Option("--guidance", min=0.0, help="Classifier-free guidance scale (default: the suite's).")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per pipeline call.")] = 32,
-    clip: Annotated[Optional[str], typer.Option("--clip", help="CLIP for CLIP scores: ARCH:WEIGHTS (open_clip architecture, local checkpoint), local-dir:FOLDER or canvas-mini.")] = None,
+    clip: Annotated[Optional[str], typer.Option("--clip", help="CLIP for CLIP scores (SD suites, memorization's clip embedding): ARCH:WEIGHTS (open_clip architecture, local checkpoint), local-dir:FOLDER or canvas-mini.")] = None,
     reference: Annotated[Optional[Path], typer.Option("--reference", help="Folder of reference images: adds FID/KID (SD suites).")] = None,
-    fid_features: Annotated[str, typer.Option("--fid-features", help="FID/KID features: inception (weights in torch hub's cache), inception:WEIGHTS or canvas-evaluator.")] = "inception",
-    training_images: Annotated[Optional[Path], typer.Option("--training-images", help="memorization: folder of the training images.")] = None,
-    captions: Annotated[Optional[Path], typer.Option("--captions", help="memorization: file of IMAGE<TAB>CAPTION lines.")] = None,
-    memorization_threshold: Annotated[Optional[float], typer.Option("--memorization-threshold", help="memorization: similarity above which a generation counts as memorized (default: the suite's rule).")] = None,
-    memorization_embedding: Annotated[Optional[str], typer.Option("--memorization-embedding", help="memorization: image space of the similarity: pixels (default), canvas-evaluator, clip (the --clip model's image tower) or torchscript:PATH (a local TorchScript model, e.g. SSCD).")] = None,
-    prompts_file: Annotated[Optional[Path], typer.Option("--prompts-file", help="sd-nudity: nudity prompts, one per line (default: the suite's).")] = None,
-    utility_file: Annotated[Optional[Path], typer.Option("--utility-file", help="sd-nudity: ordinary captions, one per line (default: the suite's).")] = None,
-    nudity_classes: Annotated[Optional[str], typer.Option("--nudity-classes", help="sd-nudity: comma-separated NudeNet classes (default: the suite's).")] = None,
-    nudity_threshold: Annotated[Optional[float], typer.Option("--nudity-threshold", help="sd-nudity: detection score threshold (default: the suite's).")] = None,
-    paraphrases: Annotated[bool, typer.Option("--paraphrases", help="canvas: also score the erased concept in canvas-mini's paraphrase templates.")] = False,
-    attack: Annotated[bool, typer.Option("--attack", help="canvas: also run the soft-prompt attack on the original and each erased run (implies --paraphrases).")] = False,
-    attack_seeds: Annotated[Optional[str], typer.Option("--attack-seeds", help="canvas --attack: attack seeds (default: the suite's).")] = None,
-    attack_steps: Annotated[Optional[int], typer.Option("--attack-steps", min=1, help="canvas --attack: attack optimisation steps (default: the suite's).")] = None,
-    attack_lr: Annotated[Optional[float], typer.Option("--attack-lr", help="canvas --attack: attack learning rate (default: the suite's).")] = None,
-    attack_teacher_samples: Annotated[Optional[int], typer.Option("--attack-teacher-samples", help="canvas --attack: the original's samples the attack matches (default: the suite's).")] = None,
+    fid_features: Annotated[Optional[str], typer.Option("--fid-features", help="FID/KID features: inception (weights in torch hub's cache; the default), inception:WEIGHTS or canvas-evaluator.")] = None,
+    suite_arg: Annotated[Optional[list[str]], typer.Option("--suite-arg", "-a", help="A suite setting, KEY=VALUE (YAML value), e.g. attack=true (canvas), nudity_threshold=0.5 (sd-nudity), training_images=DIR (memorization); repeatable. `erasure suites` lists them.")] = None,
     device: DeviceOpt = "auto",
 ) -> None:
     """Score erased runs against the original on a suite; writes metrics.json, report.md and report.html."""
-    from erasure.evaluation import evaluate_runs, format_score
+    from erasure.api import parse_assignments
+    from erasure.evaluation import check_runs, evaluate_runs, get_suite, load_suite, shard
+    from erasure.evaluation.registry import suite_args
+    from erasure.evaluation.report import score_table
     from erasure.pipelines.generation import parse_seeds
-    from erasure.suites import EvalOptions, check_inputs, load_suite, suite_settings
 
-    options = EvalOptions(
-        clip=clip, reference=reference, fid_features=fid_features, training_images=training_images, captions=captions,
-        memorization_threshold=memorization_threshold, memorization_embedding=memorization_embedding, prompts_file=prompts_file, utility_file=utility_file,
-        nudity_classes=[c.strip() for c in nudity_classes.split(",") if c.strip()] if nudity_classes else None,
-        nudity_threshold=nudity_threshold, paraphrases=paraphrases, attack=attack,
-        attack_seeds=parse_seeds(attack_seeds) if attack_seeds else None, attack_steps=attack_steps, attack_lr=attack_lr,
-        attack_teacher_samples=attack_teacher_samples,
-    )
-    if not attack and any(v is not None for v in (attack_seeds, attack_steps, attack_lr, attack_teacher_samples)):
-        raise ErasureInputError("--attack-seeds/--attack-steps/--attack-lr/--attack-teacher-samples need --attack")
-    spec = load_suite(suite)
-    settings = suite_settings(spec, steps=steps, guidance=guidance, seeds=parse_seeds(seeds) if seeds else None,
-                              batch_size=batch_size)
-    check_inputs(original, erased, suite, options)  # bad input fails in one line before any model loads
+    args = parse_assignments(suite_arg or [], "--suite-arg")
+    takes = suite_args(get_suite(suite))
+    for flag, key, value in (("--clip", "clip", clip), ("--reference", "reference", reference),
+                             ("--fid-features", "fid_features", fid_features)):
+        if value is not None:
+            if key not in takes:
+                raise ErasureInputError(f"{flag}: the {suite} suite does not use it")
+            args[key] = str(value)
+    args.update({k: v for k, v in (("steps", steps), ("guidance", guidance)) if v is not None})
+    if seeds:
+        args["seeds"] = parse_seeds(seeds)
+    configured = load_suite(suite, **args)
+    check_runs(original, erased, configured)  # bad input fails in one line before any model loads
     _quiet_libraries()
     with StageBars() as bars:
-        metrics = evaluate_runs(original, erased, suite=suite, out=out, settings=settings, options=options,
-                                device=device, progress=bars)
-    from erasure.evaluation import shard
-
+        metrics = evaluate_runs(original, erased, suite=configured, out=out,
+                                settings=configured.config.sampling(batch_size), device=device, progress=bars)
     if shard()[0] != 0:  # under a launcher every process holds the same scores: the main one prints them
         return
-    fields = [
-        ("erased", lambda r: f"{_targets(r['targets'])} ({r['method']})"),
-        *((c["label"], lambda r, k=c["key"], f=c["format"]: f"{format_score(r['before'].get(k), f)} -> "
-                                                              f"{format_score(r['after'].get(k), f)}")
-          for c in metrics["columns"]),
-        ("time", lambda r: f"{r['cost'].get('wall_seconds', 0):.0f} s"),
-    ]
-    _print_per_run(f"{metrics['suite']} suite: original -> erased", metrics["runs"], fields)
+    _print_table(f"{metrics['suite']} suite: original -> erased", score_table(metrics, target_width=40))
     typer.echo(f"wrote {out / 'metrics.json'}, {out / 'report.md'} and {out / 'report.html'}")
 
 
-def _targets(targets: list[str], width: int = 40) -> str:
-    """A run's erased concepts for a terminal cell: a memorization run's eight captions would fill the screen."""
-    text = ", ".join(targets)
-    return text if len(text) <= width or len(targets) == 1 else f"{len(targets)} prompts"
+@app.command()
+def suites() -> None:
+    """List the evaluation suites and the settings each takes (`erasure evaluate --suite-arg KEY=VALUE`)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from erasure.evaluation import available_suites, get_suite, load_suite
+    from erasure.evaluation.registry import suite_args
+
+    table = Table(title="evaluation suites (defaults from configs/suites/NAME.yaml)")
+    for head in ("suite", "what it measures", "--suite-arg KEY (default)"):
+        table.add_column(head, overflow="fold")
+    for name in available_suites():
+        config = load_suite(name).config
+        args = ", ".join(f"{k} ({_short(getattr(config, k))})" for k in suite_args(get_suite(name)))
+        table.add_row(name, config.description, args)
+    Console().print(table)
+
+
+def _short(value, width: int = 24) -> str:
+    text = str(value)
+    return text if len(text) <= width else f"{len(value)} items" if isinstance(value, list) else text[:width - 3] + "..."
 
 
 @app.command()
@@ -288,48 +285,32 @@ def compare(
 ) -> None:
     """Tabulate several runs side by side: method, settings, cost, edit size and, given evaluations,
     every score they report after erasure (UA/IRA/CRA, nudity rate, memorized share, FID, ...)."""
-    from erasure.reports import compare_runs, comparison_columns, comparison_markdown
+    from erasure.evaluation.compare import compare_runs, comparison_columns, comparison_table
 
     rows = compare_runs(runs, metrics or [])
-    columns = comparison_columns(metrics or [])
-    _print_comparison(rows, columns)
+    table = comparison_table(rows, comparison_columns(metrics or []))
+    _print_table("runs compared (scores after erasure)", table)
     if out is not None:
         from erasure.atomic import atomic_path
 
         with atomic_path(out) as tmp:
-            Path(tmp).write_text(comparison_markdown(rows, columns), encoding="utf-8")
+            Path(tmp).write_text(table.markdown(split=False), encoding="utf-8")
         typer.echo(f"wrote {out}")
 
 
-def _print_comparison(rows: list[dict], columns: list[dict]) -> None:
-    from erasure.evaluation import format_score
-
-    fields = [
-        ("method", lambda r: r["method"]),
-        ("erased", lambda r: f"{_targets(r['targets'])} ({r['kind']})"),
-        ("settings", lambda r: ", ".join(f"{k} {v}" for k, v in r["settings"].items())),
-        *((c["label"], lambda r, k=c["key"], f=c["format"]: format_score((r["scores"] or {}).get(k), f)) for c in columns),
-        ("time", lambda r: "n/a" if r["wall_seconds"] is None else f"{r['wall_seconds']:.0f} s"),
-        ("edit", lambda r: "n/a" if r["edit_bytes"] is None else f"{r['edit_bytes'] / 1e3:.0f} KB"),
-    ]
-    _print_per_run("runs compared (scores after erasure)", rows, fields)
-
-
-def _print_per_run(title: str, runs: list[dict], fields: list[tuple[str, Callable[[dict], str]]]) -> None:
-    """A table with one column per run and one row per (label, cell) field: runs are few and scores many
-    (up to a dozen per suite), and a terminal is wider than it is tall only by so much."""
+def _print_table(title: str, table) -> None:
+    """A report table (``erasure.evaluation.report.Table``) on the console, one column per run."""
     from rich.console import Console
     from rich.table import Table
 
-    from erasure.reports import run_label
-
-    table = Table(title=title)
-    table.add_column("")
-    for r in runs:
-        table.add_column(run_label(r), overflow="fold")
-    for label, cell in fields:
-        table.add_row(label, *(cell(r) for r in runs))
-    Console().print(table)
+    names, rows = table.transposed()
+    console_table = Table(title=title)
+    console_table.add_column("")
+    for name in names:
+        console_table.add_column(name, overflow="fold")
+    for row in rows:
+        console_table.add_row(*row)
+    Console().print(console_table)
 
 
 @app.command()
@@ -341,6 +322,7 @@ def quickstart(
     seeds: SeedsOpt = "0-1",
 ) -> None:
     """Erase one style from the embedded canvas-mini, then compare before and after (a few minutes on a CPU)."""
+    from erasure.evaluation.report import score_table
     from erasure.pipelines.generation import parse_seeds
     from erasure.quickstart import check_quickstart
     from erasure.quickstart import quickstart as run_quickstart
@@ -350,25 +332,9 @@ def quickstart(
     _quiet_libraries()
     with StageBars() as bars:
         metrics = run_quickstart(out, concept=concept, method=method, steps=steps, seeds=seed_list, progress=bars)
-    _print_scores(metrics)
+    headline = {**metrics, "columns": [c for c in metrics["columns"] if c["key"] in ("UA", "IRA", "CRA")]}
+    _print_table(f"{metrics['suite']} suite: before -> after (UA: erased, IRA/CRA: kept)", score_table(headline, target_width=40))
     typer.echo(f"wrote {out}: run/, metrics.json, report.md, {metrics['runs'][0]['grid']}")
-
-
-def _print_scores(metrics: dict) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    from erasure.reports import run_label
-
-    table = Table(title=f"{metrics['suite']} suite: before -> after (UA: erased, IRA/CRA: kept)")
-    for column in ("run", "erased", "UA", "IRA", "CRA", "time"):
-        table.add_column(column)
-    for r in metrics["runs"]:
-        b, a = r["before"], r["after"]
-        table.add_row(run_label(r), f"{_targets(r['targets'])} ({r['method']})",
-                      *(f"{b[k]:.0%} -> {a[k]:.0%}" for k in ("UA", "IRA", "CRA")),
-                      f"{r['cost'].get('wall_seconds', 0):.0f} s")
-    Console().print(table)
 
 
 @app.command("app")

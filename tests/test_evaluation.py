@@ -14,14 +14,8 @@ from PIL import Image
 from erasure import ErasureRequest, erase
 from erasure.cli import main
 from erasure.errors import ErasureInputError
-from erasure.evaluation import (
-    GenerationCache,
-    SamplingSettings,
-    canvas_cases,
-    canvas_targets,
-    evaluate_runs,
-    generate_cached,
-)
+from erasure.evaluation import GenerationCache, SamplingSettings, evaluate_runs, generate_cached
+from erasure.evaluation.suites.canvas import canvas_cases, canvas_targets
 from erasure.pipelines import load_pipeline
 
 TINY = SamplingSettings(steps=3, guidance=5.0, seeds=[0], batch_size=64)
@@ -37,10 +31,8 @@ def style_run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def evaluated(style_run, tmp_path_factory):
-    from erasure.suites import EvalOptions
-
     out = tmp_path_factory.mktemp("eval")
-    return out, evaluate_runs("canvas-mini", [style_run], out=out, settings=TINY, options=EvalOptions(paraphrases=True))
+    return out, evaluate_runs("canvas-mini", [style_run], out=out, settings=TINY, suite_args={"paraphrases": True})
 
 
 def test_cases_cover_every_pair_once():
@@ -164,7 +156,7 @@ def test_html_report_shows_the_table_and_grid_in_a_browser(evaluated):
 
 
 def test_compare_runs_table_and_cli(evaluated, style_run, tmp_path, capsys):
-    from erasure.reports import compare_runs, comparison_markdown
+    from erasure.evaluation.compare import compare_runs, comparison_markdown
 
     out, metrics = evaluated
     (row,) = compare_runs([style_run], [out])
@@ -183,7 +175,7 @@ def test_compare_runs_table_and_cli(evaluated, style_run, tmp_path, capsys):
 
 def test_compare_tabulates_every_suites_columns(evaluated, style_run, tmp_path):
     """Runs scored by different suites share one table: each suite's columns, n/a where a run lacks one."""
-    from erasure.reports import compare_runs, comparison_columns, comparison_markdown
+    from erasure.evaluation.compare import compare_runs, comparison_columns, comparison_markdown
 
     out, metrics = evaluated
     memo = tmp_path / "memo.json"
@@ -202,12 +194,10 @@ def test_compare_tabulates_every_suites_columns(evaluated, style_run, tmp_path):
 
 
 def test_evaluate_with_the_attack_records_both_sides(evaluated, style_run, tmp_path, capsys):
-    from erasure.suites import EvalOptions
-
     out, _ = evaluated
-    options = EvalOptions(attack=True, attack_seeds=[5], attack_steps=2, attack_lr=0.01, attack_teacher_samples=2)
+    args = dict(attack=True, attack_seeds=[5], attack_steps=2, attack_lr=0.01, attack_teacher_samples=2)
     # the plain evaluation's images are reused (same cache): only the attack runs
-    metrics = evaluate_runs("canvas-mini", [style_run], out=tmp_path, settings=TINY, options=options, cache_dir=out / "cache")
+    metrics = evaluate_runs("canvas-mini", [style_run], out=tmp_path, settings=TINY, suite_args=args, cache_dir=out / "cache")
     (run,) = metrics["runs"]
     attack = run["robustness"]["attack"]
     assert attack["concept"] == "dotted" and attack["prompt"] == "dotted style"
@@ -221,7 +211,7 @@ def test_evaluate_with_the_attack_records_both_sides(evaluated, style_run, tmp_p
     assert "attack success before" in (tmp_path / "report.md").read_text()
     assert "attack success" in (tmp_path / "report.html").read_text()
     with pytest.raises(ErasureInputError, match="lr: must be positive"):
-        evaluate_runs("canvas-mini", [style_run], out=tmp_path / "bad", options=EvalOptions(attack=True, attack_lr=-1.0))
+        evaluate_runs("canvas-mini", [style_run], out=tmp_path / "bad", suite_args=dict(attack=True, attack_lr=-1.0))
     assert not (tmp_path / "bad").exists()
 
 
@@ -233,19 +223,17 @@ def test_the_attack_brings_back_a_weakly_erased_style(tmp_path):
     fine-tuned canvas-mini still drew striped on 6 of 6 seeds after 20 steps at 5e-4."""
     import torch
 
-    from erasure.evaluation import GenerationCache
-    from erasure.suites import Context, EvalOptions, canvas_attack, load_suite
+    from erasure.evaluation import Evaluation, GenerationCache, load_suite
 
     erased = load_pipeline("canvas-mini")
     torch.manual_seed(0)
     erase(erased, ErasureRequest(["striped"], kind="style"), "esd", variant="esd-x", steps=20, lr=1e-3, ddim_steps=20,
           precompute_batch=32, checkpoint_every=0)
-    options = EvalOptions(attack=True, attack_seeds=list(range(1000, 1006)), attack_steps=30, attack_lr=0.1,
-                          attack_teacher_samples=16)
-    ctx = Context(original="canvas-mini", runs=[], manifests=[], spec=load_suite("canvas"),
-                  settings=SamplingSettings(steps=15, guidance=3.0, seeds=[0]), options=options, out=tmp_path,
-                  cache=GenerationCache(tmp_path))
-    result = canvas_attack(ctx, erased, {"request": {"targets": ["striped"], "kind": "style"}}, {})
+    suite = load_suite("canvas", attack=True, attack_seeds=list(range(1000, 1006)), attack_steps=30, attack_lr=0.1,
+                       attack_teacher_samples=16)
+    ev = Evaluation(original="canvas-mini", runs=[], manifests=[], suite=suite,
+                    settings=SamplingSettings(steps=15, guidance=3.0, seeds=[0]), out=tmp_path, cache=GenerationCache(tmp_path))
+    result = suite.attack_success(ev, erased, {"request": {"targets": ["striped"], "kind": "style"}})
     before, after = result["before"], result["after"]
     assert result["prompt"] == "striped style" and after["attack"]["lr"] == 0.1
     assert before["clean_rate"] >= 0.5, f"the original should draw striped: {before['clean_rate']:.0%}"
@@ -255,7 +243,7 @@ def test_the_attack_brings_back_a_weakly_erased_style(tmp_path):
 
 def test_canvas_fidelity_separates_the_erased_captions_from_the_others():
     from erasure.pipelines.canvas.render import OBJECTS, STYLES, render
-    from erasure.suites import CanvasFidelity
+    from erasure.evaluation.suites.canvas import CanvasFidelity
 
     cases = canvas_cases()
     fidelity = CanvasFidelity(cases, 1, renders_per_caption=2, reference_seed=4242)
@@ -275,10 +263,10 @@ def test_canvas_fidelity_separates_the_erased_captions_from_the_others():
 
 
 def test_runs_with_the_same_folder_name_get_distinct_grid_names(tmp_path):
-    from erasure.suites import Context
+    from erasure.evaluation import Evaluation, load_suite
 
     runs = [str(tmp_path / "esd" / "style-dotted"), str(tmp_path / "advunlearn" / "style-dotted"), str(tmp_path / "striped")]
-    ctx = Context("canvas-mini", runs, [], {}, TINY, None, tmp_path, None)
+    ctx = Evaluation("canvas-mini", runs, [], load_suite("canvas"), TINY, tmp_path, None)
     assert [ctx.label(r) for r in runs] == ["esd-style-dotted", "advunlearn-style-dotted", "striped"]
 
 
@@ -311,7 +299,8 @@ def test_shard_joins_processes_for_the_pipelines_device_not_for_cudas_presence(t
 
     import torch
 
-    from erasure import evaluation, suites, training
+    from erasure import evaluation, training
+    from erasure.evaluation import driver
 
     received: list[bool] = []
 
@@ -328,12 +317,12 @@ def test_shard_joins_processes_for_the_pipelines_device_not_for_cudas_presence(t
     assert evaluation.shard("cpu") == (0, 1) and evaluation.shard("auto") == (0, 1)
     assert received == [True, True, False]  # the CPU pipeline, --device cpu; "auto" is CUDA here
 
-    def stop(ctx):
+    def stop(ev):
         raise KeyboardInterrupt  # the suite itself is not the point: only what was joined before it
 
     received.clear()
-    monkeypatch.setattr(suites, "check_inputs", lambda *args: ({"name": "canvas"}, []))
-    monkeypatch.setattr(suites, "run_suite", stop)
+    monkeypatch.setattr(driver, "check_runs", lambda *args: [])
+    monkeypatch.setattr(driver.Evaluation, "run", stop)
     with pytest.raises(KeyboardInterrupt):
         evaluate_runs("canvas-mini", [], out=tmp_path, settings=TINY, device="cpu")
     assert received == [True]

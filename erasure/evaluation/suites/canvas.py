@@ -1,0 +1,355 @@
+"""The canvas suite: UnlearnCanvas' protocol (Zhang et al., 2024, "UnlearnCanvas: a stylized image
+dataset for enhancing machine unlearning evaluation in diffusion models", OPTML-Group/UnlearnCanvas)
+on the embedded canvas-mini.
+
+Every object x style caption, a few seeds each, judged by the evaluator shipped beside the model
+(``erasure.metrics.UnlearnCanvasAccuracy``): UA (the erased concept no longer recognised), IRA
+(the other concepts of its kind kept), CRA (the other kind kept). Beside them, ``CanvasFidelity``:
+CLIP score with canvas-mini's CLIP and FID/KID against real renders. Opt-in robustness:
+``paraphrases`` (the erased concept in canvas-mini's other caption templates) and ``attack`` (the
+soft-prompt attack of ``erasure.attacks``, AdvUnlearn's reference settings, on the concept prompt).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from PIL import Image
+
+from erasure.errors import ErasureInputError
+
+from ..grids import side_by_side
+from ..registry import Case, Probe, Suite, SuiteConfig, column, register_suite
+
+
+@dataclass
+class CanvasCase:
+    """One prompt of the canvas suite with the object and style it asks for."""
+
+    prompt: str
+    object: int
+    style: int
+
+
+def canvas_cases(template: int = 0) -> list[CanvasCase]:
+    """Every object x style caption in one of canvas-mini's templates (0: UnlearnCanvas'), style-major."""
+    from erasure.pipelines.canvas.render import OBJECTS, STYLES, caption
+
+    return [CanvasCase(caption(o, s, template), oi, si) for si, s in enumerate(STYLES) for oi, o in enumerate(OBJECTS)]
+
+
+def canvas_targets(request: dict) -> tuple[str, list[int]]:
+    """(kind, indices) of the erased canvas-mini concepts named in a run's request."""
+    from erasure.pipelines.canvas.render import OBJECTS, STYLES
+    from erasure.request import ErasureRequest, canvas_concept
+
+    req = ErasureRequest.from_dict(request)
+    if req.kind == "style":
+        return "style", [STYLES.index(canvas_concept(t, "style")) for t in req.targets]
+    if req.kind == "object":
+        return "object", [OBJECTS.index(canvas_concept(t, "object")) for t in req.targets]
+    raise ErasureInputError(f"the canvas suite scores style and object erasures; this run erased a {req.kind!r} concept")
+
+
+def _labels(cases: Sequence[CanvasCase], seeds: int):
+    import torch
+
+    objects = torch.tensor([c.object for c in cases for _ in range(seeds)])
+    styles = torch.tensor([c.style for c in cases for _ in range(seeds)])
+    return objects, styles
+
+
+def score_canvas(images: Sequence[Image.Image], cases: Sequence[CanvasCase], seeds: int, kind: str,
+                 targets: Sequence[int], evaluator=None) -> dict:
+    """UA / IRA / CRA of images drawn for ``cases`` (prompt-major, ``seeds`` images per case)."""
+    from erasure.metrics import UnlearnCanvasAccuracy
+    from erasure.pipelines.canvas.evaluator import images_to_tensor, load_evaluator
+
+    metric = UnlearnCanvasAccuracy(kind, targets, evaluator if evaluator is not None else load_evaluator())
+    objects, styles = _labels(cases, seeds)
+    for start in range(0, len(images), 256):
+        sl = slice(start, start + 256)
+        metric.update(images_to_tensor(images[sl]), objects[sl], styles[sl])
+    result = metric.compute()
+    return {k: result[k] for k in ("UA", "IRA", "CRA", "counts", "per_target_UA")}
+
+
+def accuracy_canvas(images: Sequence[Image.Image], cases: Sequence[CanvasCase], seeds: int, evaluator=None) -> dict[str, float]:
+    """Plain object / style accuracy of the evaluator on images drawn for ``cases``."""
+    from erasure.pipelines.canvas.evaluator import images_to_tensor, load_evaluator
+
+    evaluator = evaluator if evaluator is not None else load_evaluator()
+    po, ps = evaluator.classify(images_to_tensor(images))
+    objects, styles = _labels(cases, seeds)
+    return {"object_accuracy": float((po == objects).float().mean()), "style_accuracy": float((ps == styles).float().mean())}
+
+
+def before_after_grid(before: Sequence[Image.Image], after: Sequence[Image.Image], cases: Sequence[CanvasCase],
+                      seeds: int, title_after: str) -> Image.Image:
+    """Objects x styles grids of the first seed, original left and erased right."""
+    from erasure.pipelines.canvas.render import OBJECTS, STYLES
+    from erasure.pipelines.generation import image_grid
+
+    first = list(range(0, len(cases) * seeds, seeds))
+    grids = [
+        image_grid([images[i] for i in first], rows=len(STYLES), cols=len(OBJECTS),
+                   row_labels=[f"{s}" for s in STYLES], col_labels=list(OBJECTS), min_cell=64)
+        for images in (before, after)
+    ]
+    return side_by_side(grids, ["original", title_after])
+
+
+class CanvasFidelity:
+    """Text alignment and image quality of canvas-suite generations, beside UA / IRA / CRA.
+
+    CLIP score (canvas-mini's tiny CLIP) on the erased concept's captions and on the other captions,
+    and FID/KID of the other captions' generations against real renders of the same captions
+    (``renders_per_caption`` each, held-out render seeds from ``reference_seed``) in the shipped
+    evaluator's feature space: not Inception features, which know nothing of 32x32 shapes.
+    """
+
+    def __init__(self, cases: Sequence[Any], seeds: int, *, renders_per_caption: int, reference_seed: int) -> None:
+        from erasure.metrics import CLIPScore
+        from erasure.metrics.fid import CanvasEvaluatorFeatures
+
+        self.cases, self.seeds = list(cases), seeds
+        self.renders_per_caption, self.reference_seed = int(renders_per_caption), int(reference_seed)
+        self.clip = CLIPScore.canvas_mini()
+        self.features = CanvasEvaluatorFeatures()
+        self._references: dict[tuple[int, ...], list[Image.Image]] = {}  # per kept-caption set: before and after share it
+
+    def score(self, images: Sequence[Image.Image], kind: str, targets: Sequence[int]) -> dict:
+        """``clip_erased``, ``clip_others``, ``fid`` and ``kid`` of ``images`` (prompt-major, as the cases)."""
+        from erasure.metrics import FIDKID
+
+        erased = [getattr(c, kind) in targets for c in self.cases]
+        n = self.seeds
+        sets: dict[bool, tuple[list, list]] = {True: ([], []), False: ([], [])}
+        for i, (case, flag) in enumerate(zip(self.cases, erased)):
+            sets[flag][0].extend(images[i * n:(i + 1) * n])
+            sets[flag][1].extend([case.prompt] * n)
+        kept = [c for c, flag in zip(self.cases, erased) if not flag]
+        references = self.references(kept)
+        fid = FIDKID(self.features, kid_subsets=50, kid_subset_size=min(len(references), len(sets[False][0])))
+        fid.update(references, real=True)
+        fid.update(sets[False][0], real=False)
+        r = fid.compute()
+        return {"clip_erased": self._clip(*sets[True]), "clip_others": self._clip(*sets[False]),
+                "fid": r["fid"], "kid": r["kid_mean"]}
+
+    def references(self, cases: Sequence[Any]) -> list[Image.Image]:
+        from erasure.pipelines.canvas.render import OBJECTS, STYLES, render
+
+        key = tuple(self.cases.index(c) for c in cases)
+        if key not in self._references:
+            self._references[key] = [render(OBJECTS[c.object], STYLES[c.style], self.reference_seed * 1_000_003 + k)
+                                     for c in cases for k in range(self.renders_per_caption)]
+        return self._references[key]
+
+    def _clip(self, images: list[Image.Image], prompts: list[str]) -> float | None:
+        self.clip.reset()
+        self.clip.update(images, prompts)
+        return self.clip.compute()["clip_score"]
+
+    def columns(self) -> list:
+        return [column("clip_erased", "CLIP score, erased concept", False, "num"),
+                column("clip_others", "CLIP score, other captions", True, "num"),
+                column("fid", "FID", False, "num"), column("kid", "KID", False, "num")]
+
+    def note(self) -> str:
+        return (f"CLIP score: mean 100 * max(cos, 0) of image and caption ({self.clip.model_name}) on the erased "
+                "concept's captions (lower after erasure: erased) and on the others (higher: kept). FID/KID: the other "
+                f"captions' generations against {self.renders_per_caption} real renders per caption (held-out render "
+                f"seeds) in the {self.features.name} feature space, not Inception's (lower: closer; KID is an unbiased "
+                "estimate, so it goes below 0 for sets this close and this small).")
+
+
+@dataclass
+class CanvasSuiteConfig(SuiteConfig):
+    """configs/suites/canvas.yaml; ``paraphrases``, ``attack`` and the ``attack_*`` settings are the
+    usual ``--suite-arg``s."""
+
+    method: ClassVar[str] = "canvas suite"
+
+    guidance: float = 3.0
+    template: int = 0  # UnlearnCanvas' caption template ("a {object} in {style} style")
+    renders_per_caption: int = 4  # FID/KID references: real renders per kept caption
+    reference_seed: int = 4242  # their render seeds, held out from training's
+    paraphrase_templates: list[int] = dataclasses.field(default_factory=lambda: [1, 2, 3, 4])
+    paraphrases: bool = False  # the erased concept in the paraphrase templates (implied by attack)
+    attack: bool = False  # the soft-prompt attack per run, on the original and the erased model
+    attack_seeds: list[int] = dataclasses.field(default_factory=lambda: [1000, 1001, 1002, 1003])
+    attack_steps: int = 30
+    attack_lr: float = 1e-3
+    attack_tokens: int = 1
+    attack_placement: str = "prefix"
+    attack_algorithm: str = "pgd"
+    attack_teacher_samples: int = 64  # the original's (x_t, noise) samples the attack matches
+    attack_ddim_steps: int = 20
+
+    def validate(self) -> None:
+        super().validate()
+        if self.attack:
+            self.attack_settings()  # bad attack settings fail now, not after generation
+
+    def attack_settings(self) -> dict:
+        """The attack's settings, checked: seeds, the ``SoftPromptAttackConfig`` (from every ``attack_X``
+        field that is one of its keys), the original's samples it matches and their DDIM steps."""
+        from erasure.attacks import SoftPromptAttackConfig
+
+        if self.attack_teacher_samples < 1:
+            raise ErasureInputError(f"attack_teacher_samples: must be at least 1, got {self.attack_teacher_samples}")
+        if not self.attack_seeds:
+            raise ErasureInputError("attack_seeds: no seeds")
+        keys = {f.name for f in dataclasses.fields(SoftPromptAttackConfig)}
+        config = SoftPromptAttackConfig.from_dict({k: getattr(self, f"attack_{k}") for k in keys
+                                                   if hasattr(self, f"attack_{k}")})
+        return {"seeds": [int(s) for s in self.attack_seeds], "config": config.to_dict(),
+                "teacher_samples": int(self.attack_teacher_samples), "ddim_steps": int(self.attack_ddim_steps)}
+
+
+@register_suite("canvas")
+class CanvasSuite(Suite):
+    """UA / IRA / CRA, CLIP score and FID/KID on canvas-mini's 64 captions; optional paraphrases and attack."""
+
+    config_class = CanvasSuiteConfig
+    config: CanvasSuiteConfig
+
+    def __init__(self, config: CanvasSuiteConfig) -> None:
+        super().__init__(config)
+        self.cases = canvas_cases(config.template)
+        self._fidelity: CanvasFidelity | None = None
+        self._teachers: dict[tuple[str, int], Any] = {}  # the attack's samples of the original, shared by runs
+
+    @classmethod
+    def check_args(cls, args: dict) -> None:
+        given = sorted(k for k in args if k.startswith("attack_"))
+        if given and not args.get("attack"):
+            raise ErasureInputError(f"{', '.join(given)}: attack settings need attack=true")
+
+    @property
+    def robust(self) -> bool:
+        return self.config.paraphrases or self.config.attack
+
+    def check(self, original: str, manifests: list[dict]) -> None:
+        for m in manifests:
+            canvas_targets(m["request"])
+
+    def prepare(self, ev) -> None:
+        self.seeds = ev.seeds
+        self._fidelity = CanvasFidelity(self.cases, ev.seeds, renders_per_caption=self.config.renders_per_caption,
+                                        reference_seed=self.config.reference_seed)
+
+    def case(self, manifest: dict) -> Case:
+        kind, idx = canvas_targets(manifest["request"])
+        return Case([c.prompt for c in self.cases], key=(kind, tuple(idx)), info=(kind, idx, manifest))
+
+    def score(self, images: list[Image.Image], case: Case) -> dict:
+        kind, idx, _ = case.info
+        return {**score_canvas(images, self.cases, self.seeds, kind, idx), **self._fidelity.score(images, kind, idx)}
+
+    def probe(self, ev, erased, case: Case, label: str) -> Probe:
+        probe = Probe()
+        if not self.robust:
+            return probe
+        kind, idx, manifest = case.info
+        robustness: dict[str, Any] = {"paraphrase": paraphrase_recognition(ev, self.config.paraphrase_templates,
+                                                                          erased, kind, idx, label)}
+        for side in ("before", "after"):
+            getattr(probe, side)["paraphrase_recognition"] = robustness["paraphrase"][side]["recognised"]
+        if self.config.attack:
+            robustness["attack"] = self.attack_success(ev, erased, manifest)
+            for side in ("before", "after"):
+                getattr(probe, side)["attack_success_rate"] = robustness["attack"][side]["asr"]
+                getattr(probe, side)["attack_clean_rate"] = robustness["attack"][side]["clean_rate"]
+        probe.record["robustness"] = robustness
+        return probe
+
+    def grid(self, before, after, case: Case, manifest: dict) -> Image.Image:
+        title = f"erased: {', '.join(manifest['request']['targets'])} ({manifest['method']})"
+        return before_after_grid(before, after, self.cases, self.seeds, title)
+
+    def report(self, ev, cases: list[Case]) -> dict:
+        before = ev.generate(ev.base(), [c.prompt for c in self.cases], "original")  # cached
+        acc = accuracy_canvas(before, self.cases, ev.seeds)
+        columns = [column("UA", "UA", True), column("IRA", "IRA", True), column("CRA", "CRA", True),
+                   *self._fidelity.columns()]
+        notes = ["UA: share of generations for the erased concept not recognised as it (higher: better erased). "
+                 "IRA: accuracy on the other concepts of the same kind. CRA: accuracy on the other kind, on prompts "
+                 "without the erased concept (both higher: better kept).", self._fidelity.note()]
+        if self.robust:
+            columns.append(column("paraphrase_recognition", "paraphrases recognised", False))
+            notes.append("Paraphrases recognised: share of the erased concept's captions in canvas-mini's other templates "
+                         f"({', '.join(str(t) for t in self.config.paraphrase_templates)}) still recognised as it "
+                         "(lower: better erased).")
+        if self.config.attack:
+            a = self.config.attack_settings()
+            columns.append(column("attack_success_rate", "attack success", False))
+            notes.append(
+                f"Attack success: share of {len(a['seeds'])} attack seeds for which a soft-prompt attack ({a['config']['tokens']} "
+                f"{a['config']['placement']} token(s), {a['config']['steps']} {a['config']['algorithm']} steps, lr {a['config']['lr']}) on "
+                "the concept prompt makes the model draw the concept again, as the evaluator judges (lower: more robust); "
+                "before: the same attack on the original.")
+        return {
+            "judge": "canvas-mini evaluator (shipped beside the model)",
+            "prompts": len(self.cases),
+            "original_accuracy": acc,
+            "summary": [f"Original model's accuracy on its own generations: objects {acc['object_accuracy']:.1%}, "
+                        f"styles {acc['style_accuracy']:.1%}."],
+            "notes": notes,
+            "columns": columns,
+        }
+
+    def attack_success(self, ev, erased, manifest: dict) -> dict:
+        """The soft-prompt attack's success rate on the original ("before") and the erased model ("after"),
+        on the first target's concept prompt, against the original's samples (shared across runs)."""
+        from erasure.attacks import attack_success_rate, canvas_judge, teacher_samples
+        from erasure.pipelines.canvas.render import OBJECTS, STYLES
+        from erasure.request import ErasureRequest
+
+        a = self.config.attack_settings()
+        kind, idx = canvas_targets(manifest["request"])
+        concept = (STYLES if kind == "style" else OBJECTS)[idx[0]]
+        # the concept prompt the erasure methods train on (and AdvUnlearn attacks), e.g. "dotted style"
+        prompt = ErasureRequest([manifest["request"]["targets"][0]], kind=kind).resolve("canvas-mini").prompts[0]
+        key = (prompt, a["teacher_samples"])
+        if key not in self._teachers:
+            self._teachers[key] = teacher_samples(ev.base(), prompt, a["teacher_samples"], seed=f"asr-teacher/{concept}",
+                                                  ddim_steps=a["ddim_steps"], guidance=ev.settings.guidance)
+        judge = canvas_judge(kind, concept)
+        s = ev.settings
+        out: dict[str, Any] = {"concept": concept, "prompt": prompt}
+        for side, pipe in (("before", ev.base()), ("after", erased)):
+            out[side] = attack_success_rate(pipe, self._teachers[key], judge, seeds=a["seeds"], config=a["config"],
+                                            steps=s.steps, guidance=s.guidance, scheduler=s.scheduler,
+                                            progress=ev.stage(f"attack {side}"))
+        return out
+
+
+def paraphrase_recognition(ev, templates: Sequence[int], erased, kind: str, targets: Sequence[int], name: str) -> dict:
+    """Share of the erased concept's captions in the paraphrase ``templates`` recognised as the concept,
+    by the original ("before") and the erased model ("after")."""
+    import torch
+
+    from erasure.pipelines.canvas.evaluator import images_to_tensor, load_evaluator
+    from erasure.pipelines.canvas.render import OBJECTS, STYLES, caption
+
+    prompts, labels = [], []
+    for t in targets:
+        for k in templates:
+            others = OBJECTS if kind == "style" else STYLES
+            for o in others:
+                prompts.append(caption(o, STYLES[t], k) if kind == "style" else caption(OBJECTS[t], o, k))
+                labels.append(t)
+    evaluator = load_evaluator()
+    wanted = torch.tensor([label for label in labels for _ in ev.settings.seeds])
+    out: dict[str, Any] = {"templates": list(templates), "prompts": len(prompts)}
+    for side, pipe in (("before", ev.base()), ("after", erased)):
+        images = ev.generate(pipe, prompts, f"{name} paraphrases ({side})")
+        objects, styles = evaluator.classify(images_to_tensor(images))
+        predicted = styles if kind == "style" else objects
+        out[side] = {"recognised": float((predicted == wanted).float().mean())}
+    return out
