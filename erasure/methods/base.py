@@ -1,10 +1,8 @@
-"""The method interface: ``MethodConfig`` (hyperparameters) and ``ErasureMethod`` (one call signature).
+"""The method interface: ``ErasureMethod`` (one call signature) and its config base ``MethodConfig``.
 
-``MethodConfig`` is a dataclass that round-trips through plain dicts, JSON and YAML, in the spirit
-of diffusers' ``ConfigMixin``: ``to_dict``/``from_dict``, ``to_json``/``from_json``,
-``to_yaml``/``from_yaml``, ``load(path)`` by suffix. Unknown keys and values of the wrong type are
-refused with one-line ``ErasureInputError``s; ``with_overrides(**kv)`` applies CLI flags on top
-of a file.
+``MethodConfig`` (hyperparameters as a dataclass that round-trips through dicts, JSON and YAML) and
+the file readers ``load_yaml`` / ``read_config_file`` live in the core, ``erasure.config``; they are
+imported here so ``from erasure.methods.base import MethodConfig`` keeps working.
 
 Every method is called the same way::
 
@@ -15,206 +13,17 @@ and returns an ``erasure.edit.Edit`` (the changed tensors plus what produced the
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import os
 import typing
 from abc import ABC, abstractmethod
-from pathlib import Path
 from typing import ClassVar
 
+from erasure.config import MethodConfig, load_yaml, read_config_file
 from erasure.errors import ErasureInputError
 
 if typing.TYPE_CHECKING:
     from erasure.edit import Edit
 
-
-@dataclasses.dataclass
-class MethodConfig:
-    """Base of every method's hyperparameter dataclass. Subclasses add fields with defaults."""
-
-    #: the registry name of the method the config belongs to (written into files, checked on load).
-    method: ClassVar[str] = ""
-
-    def __post_init__(self) -> None:
-        self.validate()
-
-    def validate(self) -> None:
-        """Subclasses raise ``ErasureInputError`` for invalid values."""
-
-    # -- dicts
-    def to_dict(self) -> dict:
-        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
-
-    @classmethod
-    def from_dict(cls, data: dict | None) -> "MethodConfig":
-        data = dict(data or {})
-        declared = data.pop("method", None)
-        if declared is not None and cls.method and declared != cls.method:
-            raise ErasureInputError(f"config is for method {declared!r}, not {cls.method!r}")
-        return cls(**cls._checked(data))
-
-    def with_overrides(self, **overrides) -> "MethodConfig":
-        """A copy with ``overrides`` applied (``None`` values are ignored), validated."""
-        values = self.to_dict()
-        values.update(self._checked({k: v for k, v in overrides.items() if v is not None}))
-        return type(self)(**values)
-
-    @classmethod
-    def _checked(cls, data: dict) -> dict:
-        names = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - set(names))
-        if unknown:
-            raise ErasureInputError(
-                f"unknown {cls.method or cls.__name__} config key(s) {', '.join(unknown)}; "
-                f"expected some of {', '.join(names)}"
-            )
-        hints = typing.get_type_hints(cls)
-        return {k: _coerce(k, v, hints[k], cls.method or cls.__name__) for k, v in data.items()}
-
-    # -- files
-    def to_json(self, path: str | os.PathLike | None = None) -> str:
-        text = json.dumps({"method": self.method, **self.to_dict()}, indent=2) + "\n"
-        if path is not None:
-            _write(path, text)
-        return text
-
-    def to_yaml(self, path: str | os.PathLike | None = None) -> str:
-        import yaml
-
-        text = yaml.safe_dump({"method": self.method, **self.to_dict()}, sort_keys=False)
-        if path is not None:
-            _write(path, text)
-        return text
-
-    @classmethod
-    def from_json(cls, text: str) -> "MethodConfig":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ErasureInputError(f"malformed JSON config: {exc}") from None
-        return cls.from_dict(_mapping(data))
-
-    @classmethod
-    def from_yaml(cls, text: str) -> "MethodConfig":
-        import yaml
-
-        try:
-            data = load_yaml(text)
-        except yaml.YAMLError as exc:
-            raise ErasureInputError(f"malformed YAML config: {' '.join(str(exc).split())}") from None
-        return cls.from_dict(_mapping(data))
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> "MethodConfig":
-        """Read a ``.json``, ``.yaml`` or ``.yml`` config file."""
-        return cls.from_dict(read_config_file(path))
-
-
-def load_yaml(text: str):
-    """``yaml.safe_load`` read as YAML 1.2 where 1.1 surprises: "1e-5" is a number, "no" is a text.
-
-    PyYAML follows YAML 1.1, where "1e-5" is a string and yes/no/on/off are booleans; people write
-    learning rates that way and settings such as ``mixed_precision: no`` (YAML 1.2, JSON and Python
-    read them as a number and a text), so configs and ``--set`` accept them. Booleans are
-    true/false only."""
-    import re
-
-    import yaml
-
-    class Loader(yaml.SafeLoader):
-        pass
-
-    bool_tag = "tag:yaml.org,2002:bool"
-    Loader.yaml_implicit_resolvers = {first: [r for r in resolvers if r[0] != bool_tag]
-                                      for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
-    Loader.add_implicit_resolver(bool_tag, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
-    Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$"),
-                                 list("-+0123456789"))
-    return yaml.load(text, Loader=Loader)  # noqa: S506 (a SafeLoader subclass)
-
-
-def read_config_file(path: str | os.PathLike) -> dict:
-    """The mapping in a JSON or YAML config file, with one-line errors."""
-    import yaml
-
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise ErasureInputError(f"config file not found: {p}")
-    suffix = p.suffix.lower()
-    if suffix not in (".json", ".yaml", ".yml"):
-        raise ErasureInputError(f"{p}: unsupported config type {suffix or '(none)'!r}; use .yaml, .yml or .json")
-    text = p.read_text(encoding="utf-8")
-    try:
-        data = json.loads(text) if suffix == ".json" else load_yaml(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise ErasureInputError(f"{p}: malformed {suffix[1:].upper()}: {' '.join(str(exc).split())}") from None
-    return _mapping(data, p)
-
-
-def _mapping(data, where=None) -> dict:
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ErasureInputError(f"{where or 'config'}: expected a mapping of config keys to values")
-    return data
-
-
-def _write(path, text: str) -> None:
-    from erasure.atomic import atomic_path
-
-    with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-
-
-def _plain(value):
-    if isinstance(value, tuple):
-        return [_plain(v) for v in value]
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    return value
-
-
-def _coerce(key: str, value, hint, owner: str):
-    """Check ``value`` against the field's type hint; ints are accepted for floats."""
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(key, value, arg, owner)
-            except ErasureInputError as exc:
-                errors.append(exc)
-        raise errors[0]
-    if origin in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            raise ErasureInputError(f"{owner} config {key}: expected a list, got {value!r}")
-        inner = args[0] if args else typing.Any
-        return [_coerce(key, v, inner, owner) for v in value]
-    if hint is typing.Any:
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ErasureInputError(f"{owner} config {key}: expected a number, got {value!r}")
-        return float(value)
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ErasureInputError(f"{owner} config {key}: expected an integer, got {value!r}")
-        return value
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ErasureInputError(f"{owner} config {key}: expected true or false, got {value!r}")
-        return value
-    if hint is str:
-        if not isinstance(value, str):
-            raise ErasureInputError(f"{owner} config {key}: expected a text, got {value!r}")
-        return value
-    return value
+__all__ = ["ErasureMethod", "MethodConfig", "load_yaml", "read_config_file"]
 
 
 class ErasureMethod(ABC):
@@ -247,12 +56,24 @@ class ErasureMethod(ABC):
         ``progress(stage, done, total, metrics)``: progress callback.
         """
 
-    def trained_edit(self, request, tensors: dict, params: dict, *, cost: dict, device, mixed_precision: str,
-                     num_processes: int = 1, extra: dict | None = None) -> Edit:
-        """The ``Edit`` of a method that trains: its config and request, the changed tensors, the cost
-        (``cost``: a ``CostMeter`` summary) and how many tensors and parameters were trained."""
+    def trained_edit(self, request, tensors: dict, params: dict | None = None, *, cost: dict, device,
+                     mixed_precision: str | None = None, num_processes: int | None = None, extra: dict | None = None,
+                     zeroed: dict | None = None) -> Edit:
+        """The ``Edit`` of a run of this method: its config and request, the changed tensors (and, for
+        pruning, ``zeroed`` masks), the cost (``cost``: a ``CostMeter`` summary, with the device and,
+        when given, the mixed precision and number of processes) and, when ``params`` (the trained
+        tensors) is given, how many tensors and parameters were trained, before ``extra``."""
         from erasure.edit import Edit  # torch: not imported with the registry
 
+        run_cost = {**cost, "device": str(device)}
+        if mixed_precision is not None:
+            run_cost["mixed_precision"] = mixed_precision
+        if num_processes is not None:
+            run_cost["num_processes"] = num_processes
+        counts = {} if params is None else {
+            "trained_tensors": len(params),
+            "trained_parameters": int(sum(p.numel() for p in params.values())),
+        }
         return Edit(
             method=self.name,
             config=self.config.to_dict(),
@@ -260,10 +81,7 @@ class ErasureMethod(ABC):
             tensors=tensors,
             base={},
             seed=self.config.seed,
-            cost={**cost, "device": str(device), "mixed_precision": mixed_precision, "num_processes": num_processes},
-            extra={
-                "trained_tensors": len(params),
-                "trained_parameters": int(sum(p.numel() for p in params.values())),
-                **(extra or {}),
-            },
+            cost=run_cost,
+            extra={**counts, **(extra or {})},
+            zeroed=dict(zeroed or {}),
         )
