@@ -1,9 +1,9 @@
 """Soft-prompt attacks: find text-encoder input embeddings that make a (possibly erased) pipeline
 regenerate a concept. AdvUnlearn's inner maximisation and the robustness test after any erasure.
 
-The attack (Zhang et al. 2024, AdvUnlearn; METHODS.md section 1) learns ``k`` token embeddings
-``delta`` in the text encoder's word-embedding space (the rows of its token-embedding table, before
-position embeddings) and places them in the concept prompt ``c_e``:
+The attack (Zhang et al. 2024, AdvUnlearn; reference OPTML-Group/AdvUnlearn) learns ``k`` token
+embeddings ``delta`` in the text encoder's word-embedding space (the rows of its token-embedding
+table, before position embeddings) and places them in the concept prompt ``c_e``:
 
 - ``prefix``: ``[SOT, delta, c_e, EOT, pad...]`` (the reference's default ``prefix_k``),
 - ``suffix``: ``[SOT, c_e, delta, EOT, pad...]`` (``suffix_k``),
@@ -31,7 +31,8 @@ those positions are placeholders (id 0) that only the pooled output (unused by S
 conditioning) could see. Pipelines with one CLIP text encoder (SD 1.x, 2.x, canvas-mini) are
 supported; SDXL (two text encoders, pooled conditioning) is refused.
 
-Also here: ``teacher_samples`` (the original's x_t and predictions, batched by depth),
+Also here: ``teacher_samples`` (the original's x_t and predictions, batched by depth, drawn and
+computed by ``erasure.sampling`` as ESD and AdvUnlearn draw and compute theirs),
 ``generate_from_embeddings`` (seeded generation from prompt embeddings, as
 ``erasure.pipelines.generation.generate`` does for texts), ``attack_success_rate`` (attack with
 fresh seeds, generate with the adversarial embeddings, judge) and ``canvas_judge`` (canvas-mini's
@@ -50,6 +51,7 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
+from erasure.config import MethodConfig
 from erasure.diffusion import (
     TIMESTEP_MODES,
     Conditions,
@@ -60,11 +62,11 @@ from erasure.diffusion import (
     latent_shape,
     native_resolution,
     prediction_type,
-    sample_partial_trajectories,
     unet_output,
 )
 from erasure.errors import ErasureInputError
-from erasure.methods.base import MethodConfig
+from erasure.sampling import SampleStore, draw_points, frozen_predictions
+from erasure.training import mean_over_processes
 
 logger = logging.getLogger(__name__)
 
@@ -206,36 +208,6 @@ def random_token_embeddings(text_encoder, tokens: int, seed: int | str) -> torch
 
 
 # ----------------------------------------------------------------------------- teacher samples
-def draw_trajectory_point(rng: random.Random, ddim, ddim_steps: int, num_train_timesteps: int,
-                          mode: str) -> tuple[int, int, int]:
-    """(depth, noise seed, timestep) of one sample: DDIM depth uniform in [0, ddim_steps); timestep the
-    DDIM step's own ("matched") or uniform in the depth's bin of the training range ("reference", the
-    CompVis scripts'); the same draw ESD makes."""
-    depth = rng.randrange(ddim_steps)
-    noise_seed = rng.randrange(2**31)
-    if mode == "matched":
-        timestep = int(ddim.timesteps[depth])
-    else:
-        lo = round(depth / ddim_steps * num_train_timesteps)
-        hi = round((depth + 1) / ddim_steps * num_train_timesteps)
-        timestep = rng.randrange(lo, max(hi, lo + 1))
-    return depth, noise_seed, timestep
-
-
-@torch.no_grad()
-def frozen_predictions(unet, ddim, cond: Conditions, uncond: Conditions, depths: Sequence[int], seeds: Sequence[int],
-                       timesteps: Sequence[int], shape, guidance: float, ac: torch.Tensor, kind: str):
-    """x_t (DDIM with guidance from each seed down to its depth) and the model's noise estimates there
-    with ``cond`` (one per sample) and ``uncond``: (x_t, t, eps_cond, eps_uncond), eps in float32."""
-    x_t = sample_partial_trajectories(unet, ddim, cond, uncond, depths, seeds, shape, guidance)
-    n = len(depths)
-    t = torch.tensor(list(timesteps), device=x_t.device)
-    both = Conditions.cat([cond, uncond if len(uncond) == n else uncond.index([0] * n)])
-    x2, t2 = torch.cat([x_t, x_t]), torch.cat([t, t])
-    eps_c, eps_u = eps_from_output(ac, unet_output(unet, x2, t2, both), x2, t2, kind).float().chunk(2)
-    return x_t, t, eps_c, eps_u
-
-
 @dataclass
 class TeacherSamples:
     """The frozen original's samples for one concept prompt: x_t, t and its noise estimates (CPU)."""
@@ -273,24 +245,18 @@ def teacher_samples(pipe, prompt: str, n: int, *, seed: int | str = 0, ddim_step
     check_single_text_encoder(pipe, "the soft-prompt attack")
     resolution = resolution or native_resolution(pipe)
     ddim = ddim_for(pipe.scheduler, ddim_steps)
-    points = [draw_trajectory_point(random.Random(f"teacher/{seed}/{i}"), ddim, ddim_steps,
-                                    pipe.scheduler.config.num_train_timesteps, timesteps) for i in range(n)]
+    points = draw_points(f"teacher/{seed}", n, ddim, timesteps, pipe.scheduler.config.num_train_timesteps)
     ac, kind = alphas_cumprod(pipe.scheduler, pipe.unet.device), prediction_type(pipe.scheduler)
     encode = TextConditioner(pipe, resolution)
     shape = latent_shape(pipe, resolution)
-    out = {k: [None] * n for k in ("x_t", "t", "eps_cond", "eps_uncond")}
+    keys = ("x_t", "t", "eps_cond", "eps_uncond")
     with torch.no_grad():
         cond, uncond = encode([prompt]), encode([""])
-        order = sorted(range(n), key=lambda i: points[i][0])
-        for start in range(0, n, batch_size):
-            idx = order[start:start + batch_size]
-            res = frozen_predictions(pipe.unet, ddim, cond.index([0] * len(idx)), uncond,
-                                     [points[i][0] for i in idx], [points[i][1] for i in idx],
-                                     [points[i][2] for i in idx], shape, guidance, ac, kind)
-            for key, value in zip(out, res):
-                for row, i in enumerate(idx):
-                    out[key][i] = value[row].cpu()
-    return TeacherSamples(prompt, *(torch.stack(out[k]) for k in out))
+    store = SampleStore.compute(
+        range(n), lambda ids: frozen_predictions(pipe.unet, ddim, cond, uncond, [points[i] for i in ids], shape,
+                                                 guidance, ac, kind),
+        keys, batch_size=batch_size, key=lambda i: points[i].depth)
+    return TeacherSamples(prompt, *store.rows(range(n), keys))
 
 
 # ----------------------------------------------------------------------------- the attack
@@ -351,7 +317,7 @@ class SoftPromptAttack:
                 (grad,) = torch.autograd.grad(loss, [delta])
             loss = loss.detach()
             if average_gradients:
-                grad, loss = _mean_over_processes(grad), _mean_over_processes(loss)
+                grad, loss = mean_over_processes(grad), mean_over_processes(loss.float())
             delta.grad = grad.sign() if c.algorithm == "fast_at" else grad
             opt.step()
             opt.zero_grad(set_to_none=True)
@@ -376,16 +342,6 @@ def _project(delta: torch.Tensor, anchor: torch.Tensor, radius: float) -> None:
         step = delta - anchor
         norm = step.norm(dim=-1, keepdim=True).clamp_min(1e-12)
         delta.copy_(anchor + step * (radius / norm).clamp(max=1.0))
-
-
-def _mean_over_processes(value: torch.Tensor) -> torch.Tensor:
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return value
-    value = value.float().clone()
-    dist.all_reduce(value)
-    return value / dist.get_world_size()
 
 
 # ----------------------------------------------------------------------------- generation and ASR

@@ -6,10 +6,19 @@
 - ``FrozenCopy``: keeps the original values of only the trained tensors (not a second model),
   can swap them into the live module for a frozen-model call (``with frozen.original(): ...``) and
   reports which tensors changed.
+- ``setup_run``: what every training method's ``__call__`` starts from (resolved request, device,
+  resolution, latent shape, prediction type, noise schedule, text conditioner, mixed precision,
+  process state, cost meter, checkpoint folder), as one ``RunSetup``; ``setup_model``: its
+  model-only part, for the methods' diagnostics.
 - ``TrainLoop``: an ``accelerate.Accelerator`` loop (mixed precision, gradient checkpointing on
   request) with fp32 master copies of the trained tensors, progress callbacks, cost accounting and
   atomic checkpoints every N steps that ``resume`` continues from exactly. Under ``accelerate
-  launch`` with several processes it is data-parallel (see ``TrainLoop``).
+  launch`` with several processes it is data-parallel (see ``TrainLoop``). Methods extend it in
+  one way: ``track(name, obj)`` adds state of their own to the checkpoint, and ``run_steps``
+  runs steps that compute (or apply) their gradients themselves.
+- ``mean_over_processes`` / ``average_gradients``: the one all-reduce mean of the data-parallel
+  methods and the attack.
+- ``tail_mean``: the mean of the last 10% of a run's recorded values (the edits' summaries).
 - ``process_state``: accelerate's process-wide state (rank, number of processes, barrier).
 - ``CostMeter``: wall time and peak memory (CUDA max allocated, else process peak RSS);
   ``StageClock``: seconds per unit of each progress stage (per training step, per sample).
@@ -19,12 +28,14 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import resource
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+import typing
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +43,11 @@ from pathlib import Path
 import torch
 
 from erasure.atomic import atomic_path
+from erasure.edit import CHECKPOINT_DIR
 from erasure.errors import ErasureInputError
+
+if typing.TYPE_CHECKING:
+    from erasure.diffusion import TextConditioner
 
 logger = logging.getLogger(__name__)
 
@@ -335,90 +350,266 @@ def make_accelerator(mixed_precision: str, device: torch.device):
     return Accelerator(mixed_precision=mixed_precision, cpu=device.type == "cpu", device_placement=False)
 
 
+# ----------------------------------------------------------------------------- several processes
+def _world_size() -> int:
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return 1
+    return dist.get_world_size()
+
+
+def mean_over_processes(value: torch.Tensor, *, in_place: bool = False) -> torch.Tensor:
+    """``value``'s mean over the processes of the ``torch.distributed`` group: one ``all_reduce`` (which
+    hands every process the same sum), divided by the number of processes. Without a group, or with
+    one process, ``value`` itself. ``in_place``: the result is written into ``value`` (a gradient)."""
+    world = _world_size()
+    if world == 1:
+        return value
+    import torch.distributed as dist
+
+    out = value if in_place else value.clone()
+    dist.all_reduce(out)
+    return out.div_(world)
+
+
+def average_gradients(params: Iterable[torch.Tensor], *, fill_missing: bool = False) -> None:
+    """Replace every parameter's ``.grad`` by its mean over the processes (``mean_over_processes``).
+
+    A parameter without a gradient is skipped (the forward did not reach it: the same in every
+    process, so the collectives stay matched and the optimiser skips it as in one process), or, with
+    ``fill_missing``, given zeros first (where one process may have no gradient when another has:
+    SFD's steps whose samples were all NaN).
+    """
+    for p in params:
+        if p.grad is None:
+            if not fill_missing:
+                continue
+            p.grad = torch.zeros_like(p)
+        mean_over_processes(p.grad, in_place=True)
+
+
+def tail_mean(values: Sequence[float]) -> float | None:
+    """Mean of the last 10% (at least one) of ``values`` that are not NaN (a NaN records a step
+    without that value); None when there is none. The edits' "mean of the last 10%" summaries."""
+    finite = [v for v in values if not math.isnan(v)]
+    if not finite:
+        return None
+    tail = finite[-max(1, len(finite) // 10):]
+    return sum(tail) / len(tail)
+
+
+# ----------------------------------------------------------------------------- set-up
 @dataclass
-class Checkpoint:
-    step: int
-    params: dict[str, torch.Tensor]
-    optimizer: dict
-    extra: dict
+class RunSetup:
+    """What a method's ``__call__`` (``setup_run``) or diagnostic (``setup_model``) starts from."""
+
+    request: object  # the resolved ``ErasureRequest`` (None: ``setup_model`` without one)
+    device: torch.device
+    resolution: int
+    shape: tuple[int, int, int]  # the UNet's input at ``resolution``
+    kind: str  # prediction type
+    ac: torch.Tensor  # alphas_cumprod on ``device``
+    encode: TextConditioner
+    # set by ``setup_run`` only:
+    mixed: str | None = None  # resolved mixed precision
+    state: object = None  # ``process_state()``
+    meter: CostMeter | None = None
+    checkpoint_dir: Path | None = None
+
+    @property
+    def rank(self) -> int:
+        return self.state.process_index
+
+    @property
+    def world(self) -> int:
+        return self.state.num_processes
+
+
+def setup_model(pipe, request=None, resolution: int | None = None) -> RunSetup:
+    """``request`` (if any) resolved for ``pipe``, the UNet's device and input shape at ``resolution``
+    (default: the model's native one), the prediction type, the noise schedule and a
+    ``TextConditioner``: what the methods' diagnostics need."""
+    from erasure.diffusion import TextConditioner, alphas_cumprod, latent_shape, native_resolution, prediction_type
+
+    device = pipe.unet.device
+    resolution = resolution or native_resolution(pipe)
+    return RunSetup(
+        request=request.resolve(pipe) if request is not None else None,
+        device=device,
+        resolution=resolution,
+        shape=latent_shape(pipe, resolution),
+        kind=prediction_type(pipe.scheduler),
+        ac=alphas_cumprod(pipe.scheduler, device),
+        encode=TextConditioner(pipe, resolution),
+    )
+
+
+def setup_run(pipe, request, run_dir: str | os.PathLike | None, *, resolution: int | None = None,
+              mixed_precision: str = "no", dtype: torch.dtype | None = None) -> RunSetup:
+    """The common set-up of a training run on ``pipe`` (ESD, AdvUnlearn, DoCo, SFD): a ``CostMeter``
+    started now, ``setup_model``'s pieces, ``mixed_precision`` resolved for ``dtype`` (the trained
+    module's; default the UNet's), the process state (joined on the CPU backend for a CPU pipeline)
+    and the run folder's checkpoint folder (None without a run folder)."""
+    device = pipe.unet.device
+    meter = CostMeter(device)
+    setup = setup_model(pipe, request, resolution)
+    setup.mixed = resolve_mixed_precision(mixed_precision, dtype or pipe.unet.dtype, device)
+    setup.state = process_state(cpu=device.type == "cpu")
+    setup.meter = meter
+    setup.checkpoint_dir = Path(run_dir) / CHECKPOINT_DIR if run_dir is not None else None
+    return setup
+
+
+# ----------------------------------------------------------------------------- checkpointed state
+class ParameterState:
+    """Named tensors as checkpoint state (``TrainLoop.track``): saved on the CPU, restored in place;
+    a checkpoint holding other names is refused."""
+
+    def __init__(self, params: dict[str, torch.Tensor]) -> None:
+        self.params = params
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {n: p.detach().cpu() for n, p in self.params.items()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        if sorted(state) != sorted(self.params):
+            raise ErasureInputError("the checkpoint holds other tensors than this run trains")
+        with torch.no_grad():
+            for n, p in self.params.items():
+                p.copy_(state[n])
+
+
+class StateDict(dict):
+    """A dictionary of plain values and tensors that is its own checkpoint state (``TrainLoop.track``):
+    tensors are saved on the CPU; loading replaces the saved entries."""
+
+    def state_dict(self) -> dict:
+        return {k: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k, v in self.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.update(state)
+
+
+#: The checkpoint file inside a run's checkpoint folder (``erasure.edit.CHECKPOINT_DIR``).
+CHECKPOINT_FILE = "checkpoint.pt"
 
 
 class TrainLoop:
-    """Optimise ``params`` (inside ``model``) with ``loss_fn(step) -> loss`` for ``steps`` steps.
+    """Optimise ``params`` (inside ``model``) for ``steps`` steps, with checkpoints and exact resume.
 
     The trained tensors are held in float32 (master weights) whatever the model's dtype; with mixed
-    precision the forward runs under autocast. Checkpoints (trained tensors + optimiser state + step)
-    are written atomically to ``checkpoint_dir/checkpoint.pt`` every ``checkpoint_every`` steps;
-    ``resume=True`` continues from the latest. Because every step's data must be a pure function of
-    the step index (the caller's responsibility), a resumed run equals an uninterrupted one.
+    precision the forward runs under autocast. Checkpoints are written atomically to
+    ``checkpoint_dir/checkpoint.pt`` every ``checkpoint_every`` steps; ``resume()`` continues from
+    the latest. Because every step's data must be a pure function of the step index (the caller's
+    responsibility), a resumed run equals an uninterrupted one.
+
+    A checkpoint holds the step, the recorded losses and metrics and every tracked state: the
+    trained tensors ("params") and their optimiser ("optimizer"), plus what the method registers.
+
+    Extending the loop (the one way every method does it):
+
+    - ``track(name, obj)``: ``obj`` (anything with ``state_dict()``/``load_state_dict()``: a module,
+      an optimiser, a gradient scaler, a ``ParameterState``, a ``StateDict``) is saved under
+      ``name`` in every checkpoint and restored by ``resume``; a checkpoint without it is refused.
+      DoCo tracks its discriminator and that one's optimiser, AdvUnlearn the attack's state, SFD
+      its two networks, their optimisers and its loss scaler.
+    - ``run(loss_fn)``: the plain step, ``loss_fn(step) -> loss`` under autocast, backward,
+      gradients averaged over the processes, an optimiser step (ESD, AdvUnlearn).
+    - ``run_steps(step_fn)``: ``step_fn(step) -> metrics`` does the step's work itself. It may leave
+      gradients of the trained tensors in ``.grad`` (averaged over the processes by itself), which
+      the loop's optimiser then applies (DoCo: gradient surgery), or update networks of its own and
+      leave none (SFD, which gives the loop no ``params``). The metrics named in ``record`` are
+      kept per step in ``history`` (checkpointed; NaN where a step returned none).
 
     Several processes (``accelerate launch``): each process calls ``loss_fn(step)`` on its own part
-    of the step's global batch (the caller's responsibility, e.g. ESD's sample indices), and the
-    trained tensors' gradients are averaged over the processes (one ``all_reduce`` each, which
-    hands every process the same sum) before the optimiser step, so every process holds the same
-    weights after every step; ``finish`` checks that. The model is not wrapped in
-    ``DistributedDataParallel``: methods call the pipeline's own modules, which would bypass the
-    wrapper's hooks. Recorded losses are the means over the processes. Only the main process
-    writes checkpoints; every process reads them on ``resume``.
+    of the step's global batch (the caller's responsibility, e.g. ESD's sample indices), and in
+    ``run`` the trained tensors' gradients are averaged over the processes (``average_gradients``)
+    before the optimiser step, so every process holds the same weights after every step; ``finish``
+    checks that. The model is not wrapped in ``DistributedDataParallel``: methods call the
+    pipeline's own modules, which would bypass the wrapper's hooks. Recorded losses are the means
+    over the processes. Only the main process writes checkpoints; every process reads them.
+
+    ``gradient_checkpointing`` applies to ``model`` and the ``checkpointed`` modules while the loop
+    runs (those that support it and do not have it on already). ``device`` is needed only without
+    ``params``.
     """
 
     def __init__(
         self,
-        model: torch.nn.Module,
-        params: dict[str, torch.nn.Parameter],
+        model: torch.nn.Module | None,
+        params: dict[str, torch.nn.Parameter] | None,
         *,
-        lr: float,
         steps: int,
+        lr: float | None = None,
         optimizer: str = "adam",
         weight_decay: float = 0.0,
         mixed_precision: str = "no",
         gradient_checkpointing: bool = False,
+        checkpointed: Sequence[torch.nn.Module] = (),
+        device: torch.device | None = None,
         checkpoint_dir: str | os.PathLike | None = None,
         checkpoint_every: int = 0,
         progress: ProgressFn | None = None,
         stage: str = "training",
     ) -> None:
-        self.model, self.params, self.steps = model, params, steps
-        self.device = next(iter(params.values())).device
-        self.model_dtype = next(iter(params.values())).dtype
-        self.checkpoint_path = Path(checkpoint_dir) / "checkpoint.pt" if checkpoint_dir else None
+        self.model, self.params, self.steps = model, dict(params or {}), steps
+        first = next(iter(self.params.values()), None)
+        self.device = first.device if first is not None else torch.device(device)
+        self.model_dtype = first.dtype if first is not None else None
+        self.checkpoint_path = Path(checkpoint_dir) / CHECKPOINT_FILE if checkpoint_dir else None
         self.checkpoint_every = checkpoint_every
         self.progress, self.stage = progress, stage
         self.gradient_checkpointing = gradient_checkpointing
+        self.checkpointed = [m for m in (model, *checkpointed) if m is not None]
         self.losses: list[float] = []
+        self.history: dict[str, list[float]] = {}
+        self.tracked: dict[str, object] = {}
         self.accelerator = make_accelerator(mixed_precision, self.device)
         self.num_processes = self.accelerator.num_processes
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.start_step = 0
+        if not self.params:
+            return
         model.requires_grad_(False)
         with torch.no_grad():
-            for p in params.values():
+            for p in self.params.values():
                 if p.dtype != torch.float32:
                     p.data = p.data.float()  # fp32 master weights
                 p.requires_grad_(True)
         if optimizer == "adam":
-            opt = torch.optim.Adam(params.values(), lr=lr, weight_decay=weight_decay)
+            opt = torch.optim.Adam(self.params.values(), lr=lr, weight_decay=weight_decay)
         elif optimizer == "adamw":
-            opt = torch.optim.AdamW(params.values(), lr=lr, weight_decay=weight_decay)
+            opt = torch.optim.AdamW(self.params.values(), lr=lr, weight_decay=weight_decay)
         else:
             raise ErasureInputError(f"unknown optimizer {optimizer!r}; expected adam or adamw")
         self.optimizer = opt
-        self.start_step = 0
+        self.track("params", ParameterState(self.params))
+        self.track("optimizer", opt)
 
     # -- checkpoints
+    def track(self, name: str, obj):
+        """Save ``obj.state_dict()`` under ``name`` in every checkpoint and restore it on ``resume``; returns ``obj``."""
+        if name in self.tracked or name in ("step", "losses", "history"):
+            raise ValueError(f"checkpoint state {name!r} is taken")
+        self.tracked[name] = obj
+        return obj
+
     def resume(self) -> int:
         """Load the latest checkpoint if there is one; returns the step it continues from."""
         if self.checkpoint_path is None or not self.checkpoint_path.is_file():
             return 0
         state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
-        names = list(self.params)
-        if sorted(state["params"]) != sorted(names):
-            raise ErasureInputError(f"{self.checkpoint_path}: checkpoint holds other tensors than this run trains")
-        with torch.no_grad():
-            for n, p in self.params.items():
-                p.copy_(state["params"][n])
-        self.optimizer.load_state_dict(state["optimizer"])
+        for name, obj in self.tracked.items():
+            if name not in state:
+                raise ErasureInputError(f"{self.checkpoint_path}: checkpoint holds no {name!r} state; start a new run")
+            try:
+                obj.load_state_dict(state[name])
+            except ErasureInputError as exc:
+                raise ErasureInputError(f"{self.checkpoint_path}: {name}: {exc}") from None
         self.losses = list(state.get("losses", []))
+        self.history = {k: list(v) for k, v in state.get("history", {}).items()}
         self.start_step = int(state["step"])
-        self.load_extra_state(state)
         logger.info("resumed from %s at step %d", self.checkpoint_path, self.start_step)
         return self.start_step
 
@@ -427,97 +618,101 @@ class TrainLoop:
             return
         state = {
             "step": step,
-            "params": {n: p.detach().cpu() for n, p in self.params.items()},
-            "optimizer": self.optimizer.state_dict(),
             "losses": list(self.losses),
-            **self.extra_state(),
+            "history": {k: list(v) for k, v in self.history.items()},
+            **{name: obj.state_dict() for name, obj in self.tracked.items()},
         }
         with atomic_path(self.checkpoint_path) as tmp:
             torch.save(state, tmp)
 
-    # A method with state of its own (an attack's latest delta, a discriminator) overrides these
-    # two so its checkpoint resumes exactly; the entries share the checkpoint file's dictionary.
-    def extra_state(self) -> dict:
-        """Entries to add to every checkpoint (tensors, numbers, strings, lists, dicts of those)."""
-        return {}
-
-    def load_extra_state(self, state: dict) -> None:
-        """Restore what ``extra_state`` saved, from the loaded checkpoint dictionary."""
-
     # -- the loop
     def run(self, loss_fn: Callable[[int], torch.Tensor]) -> list[float]:
+        """The plain step: ``loss_fn(step)`` under autocast, backward, gradients averaged over the
+        processes, an optimiser step. Returns the recorded losses."""
         acc = self.accelerator
-        model = self.model
-        ckpt = (self.gradient_checkpointing and getattr(model, "_supports_gradient_checkpointing", False)
-                and not model.is_gradient_checkpointing)
-        if ckpt:
-            model.enable_gradient_checkpointing()
-        if self.num_processes == 1:
-            prepared, optimizer = acc.prepare(model, self.optimizer)
-        else:
-            # Preparing the model would wrap it in DistributedDataParallel; gradients are averaged
-            # explicitly instead, and ``acc.autocast()`` below covers mixed precision.
-            prepared, optimizer = None, acc.prepare(self.optimizer)
-        try:
-            if self.progress:
-                self.progress(self.stage, self.start_step, self.steps, {})
-            for step in range(self.start_step, self.steps):
+        with self._running():
+            if self.num_processes == 1:
+                prepared, optimizer = acc.prepare(self.model, self.optimizer)
+            else:
+                # Preparing the model would wrap it in DistributedDataParallel; gradients are averaged
+                # explicitly instead, and ``acc.autocast()`` below covers mixed precision.
+                prepared, optimizer = None, acc.prepare(self.optimizer)
+
+            def step_fn(step: int) -> dict[str, float]:
                 with acc.autocast():
                     loss = loss_fn(step)
                 acc.backward(loss)
                 if self.num_processes > 1:
-                    self._average_gradients()
-                    loss = self._mean_over_processes(loss.detach())
+                    average_gradients(self.params.values())
+                    loss = mean_over_processes(loss.detach().float())
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 self.losses.append(float(loss.detach()))
-                done = step + 1
-                if self.checkpoint_every and done % self.checkpoint_every == 0 and done < self.steps:
-                    self.save_checkpoint(done)
-                if self.progress:
-                    self.progress(self.stage, done, self.steps, {"loss": self.losses[-1]})
-        finally:
-            if prepared is not None:
-                acc.unwrap_model(prepared, keep_fp32_wrapper=False)
-            if ckpt:
-                model.disable_gradient_checkpointing()
-            model.requires_grad_(False)
-            acc.free_memory()
+                return {"loss": self.losses[-1]}
+
+            try:
+                self._steps(step_fn, lambda metrics: metrics)
+            finally:
+                if prepared is not None:
+                    acc.unwrap_model(prepared, keep_fp32_wrapper=False)
+                acc.free_memory()
         return self.losses
 
+    def run_steps(self, step_fn: Callable[[int], dict[str, float]], *, record: Sequence[str] = (),
+                  show: Sequence[str] | None = None) -> dict[str, list[float]]:
+        """Steps whose work ``step_fn(step) -> metrics`` does itself (see the class docstring): the
+        loop's optimiser steps when a trained tensor has a gradient, ``record``'s metrics are kept
+        in ``history``, ``show``'s (default: all returned) go to the progress callback."""
+        for key in record:
+            self.history.setdefault(key, [])
+
+        def step(i: int) -> dict[str, float]:
+            metrics = step_fn(i)
+            if self.optimizer is not None:
+                if any(p.grad is not None for p in self.params.values()):
+                    self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+            for key in record:
+                self.history[key].append(float(metrics.get(key, math.nan)))
+            return metrics
+
+        def shown(metrics: dict[str, float]) -> dict[str, float]:
+            return dict(metrics) if show is None else {k: metrics[k] for k in show if k in metrics}
+
+        with self._running():
+            self._steps(step, shown)
+        return self.history
+
+    def _steps(self, step_fn: Callable[[int], dict[str, float]], shown: Callable[[dict], dict]) -> None:
+        if self.progress:
+            self.progress(self.stage, self.start_step, self.steps, {})
+        for step in range(self.start_step, self.steps):
+            metrics = step_fn(step)
+            done = step + 1
+            if self.checkpoint_every and done % self.checkpoint_every == 0 and done < self.steps:
+                self.save_checkpoint(done)
+            if self.progress:
+                self.progress(self.stage, done, self.steps, shown(metrics))
+
+    @contextmanager
+    def _running(self) -> Iterator[None]:
+        """Gradient checkpointing on (where asked, supported and not on already) while the loop runs;
+        afterwards off again and the model's tensors frozen."""
+        enabled = []
+        if self.gradient_checkpointing:
+            for module in self.checkpointed:
+                if getattr(module, "_supports_gradient_checkpointing", False) and not module.is_gradient_checkpointing:
+                    module.enable_gradient_checkpointing()
+                    enabled.append(module)
+        try:
+            yield
+        finally:
+            for module in enabled:
+                module.disable_gradient_checkpointing()
+            if self.model is not None:
+                self.model.requires_grad_(False)
+
     # -- several processes
-    def _average_gradients(self) -> None:
-        """Replace every trained tensor's gradient by its mean over the processes."""
-        import torch.distributed as dist
-
-        # A tensor the forward did not reach has no gradient in any process (same model, same
-        # code), so skipping it keeps the collectives matched and Adam skips it as in one process.
-        for p in self.params.values():
-            if p.grad is not None:
-                dist.all_reduce(p.grad)
-                p.grad.div_(self.num_processes)
-
-    def _mean_over_processes(self, value: torch.Tensor) -> torch.Tensor:
-        import torch.distributed as dist
-
-        value = value.float().clone()
-        dist.all_reduce(value)
-        return value / self.num_processes
-
-    def average(self, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """Each tensor's mean over the processes (the tensors themselves in one process), for
-        methods that build their gradients by hand."""
-        if self.num_processes == 1:
-            return list(tensors)
-        import torch.distributed as dist
-
-        out = []
-        for t in tensors:
-            t = t.clone()
-            dist.all_reduce(t)
-            out.append(t / self.num_processes)
-        return out
-
     def _check_processes_agree(self) -> None:
         """Raise if the processes' trained tensors differ (they must: same start, same updates)."""
         from accelerate.utils import gather
@@ -527,11 +722,14 @@ class TrainLoop:
         if not torch.equal(every.min(0).values, every.max(0).values):
             raise RuntimeError("the processes' trained weights diverged; gradients were not synchronised")
 
-    def finish(self) -> dict[str, torch.Tensor]:
-        """The trained tensors in float32 (master copies); the model's tensors are cast back to its dtype."""
+    def finish(self, frozen: FrozenCopy | None = None, prefix: str = "") -> dict[str, torch.Tensor]:
+        """The trained tensors in float32 (master copies), keyed ``prefix + name`` (an edit's
+        "component." keys); with ``frozen`` (their original values) only those that changed. The
+        model's tensors are cast back to its dtype."""
         if self.num_processes > 1:
             self._check_processes_agree()
-        out = {n: p.detach().float().cpu().clone() for n, p in self.params.items()}
+        changed = frozen.changed() if frozen is not None else self.params
+        out = {prefix + n: p.detach().float().cpu().clone() for n, p in self.params.items() if n in changed}
         with torch.no_grad():
             for p in self.params.values():
                 p.data = p.data.to(self.model_dtype)

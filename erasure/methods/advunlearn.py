@@ -1,4 +1,4 @@
-"""AdvUnlearn: adversarial text-encoder unlearning (Zhang et al., NeurIPS 2024). METHODS.md section 1.
+"""AdvUnlearn: adversarial text-encoder unlearning (Zhang et al., NeurIPS 2024; OPTML-Group/AdvUnlearn).
 
 A bi-level loop on the text encoder (the UNet, the token and position embeddings stay frozen):
 
@@ -16,7 +16,8 @@ A bi-level loop on the text encoder (the UNet, the token and position embeddings
   Adam on the text encoder's transformer layers and final layer norm (by default).
 
 x_t always comes from the frozen model: DDIM (``ddim_steps``, guidance ``guidance``) from a seeded
-noise down to a random depth, exactly as ESD draws it (``erasure.attacks.draw_trajectory_point``).
+noise down to a random depth, exactly as ESD draws it (``erasure.sampling.draw_point``; the frozen
+predictions and the precomputed-sample store are ``erasure.sampling``'s too).
 
 Implementation choices and deviations (reference: OPTML-Group/AdvUnlearn ``train-scripts/AdvUnlearn.py``):
 
@@ -24,7 +25,7 @@ Implementation choices and deviations (reference: OPTML-Group/AdvUnlearn ``train
   token, ``attack_init: latest`` (its argparse default; its README's example uses ``random``),
   30 attack steps of lr 1e-3, attack every iteration (``adv_prompt_update_step`` 1), eta 1,
   start guidance 3, retain batch 5, gamma 0.3 (its README's ``--retain_loss_w 0.3``; argparse says 1.0).
-- Retain loss in the reference's ``reg`` mode (the sum above, METHODS.md); its ``iter`` mode (a
+- Retain loss in the reference's ``reg`` mode (the sum above); its ``iter`` mode (a
   separate retain step after each update) is not implemented.
 - Retain prompts: the request's (canvas-mini: the other styles' or objects' captions; Stable
   Diffusion: "a photo of a {COCO class}", 80 classes, where the reference reads 243 COCO-object
@@ -79,6 +80,7 @@ erased text encoder as a transformers ``CLIPTextModel`` folder (the paper's plug
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -91,17 +93,15 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
+from erasure.atomic import atomic_path
 from erasure.attacks import (
     SoftPrompt,
     SoftPromptAttack,
     SoftPromptAttackConfig,
     check_attack_settings,
     check_single_text_encoder,
-    draw_trajectory_point,
     encode_soft_prompt,
-    frozen_predictions,
 )
-from erasure.atomic import atomic_path
 from erasure.diffusion import (
     TIMESTEP_MODES,
     Conditions,
@@ -110,21 +110,22 @@ from erasure.diffusion import (
     cfg,
     ddim_for,
     eps_from_output,
-    latent_shape,
     native_resolution,
     prediction_type,
     unet_output,
 )
 from erasure.edit import Edit
 from erasure.errors import ErasureInputError
+from erasure.sampling import SampleStore, TrajectoryPoint, draw_point, draw_points, frozen_predictions, process_block
 from erasure.training import (
     MIXED_PRECISION,
-    CostMeter,
     FrozenCopy,
+    StateDict,
     TrainLoop,
-    process_state,
-    resolve_mixed_precision,
     select_parameters,
+    setup_model,
+    setup_run,
+    tail_mean,
 )
 
 from .base import ErasureMethod, MethodConfig
@@ -133,14 +134,16 @@ from .registry import register
 logger = logging.getLogger(__name__)
 
 COMPONENTS: dict[str, str] = {"all": "", "attn": r"self_attn\.", "ffn": r"mlp\."}
-DATA_FILE = "advunlearn-data-{rank}-of-{world}.safetensors"
+#: The precomputed samples, one file per process beside the checkpoint (``erasure.sampling.SampleStore``).
+DATA_STEM = "advunlearn-data"
+DATA_KEYS = ("x_t", "t", "eps_cond", "eps_uncond")
 EXPORT_RECORD = "erasure-export.json"
 #: Methods whose edit is the text encoder alone (exportable as a CLIPTextModel folder).
 TEXT_ENCODER_METHODS = ("advunlearn",)
-#: AdvUnlearn's attack settings and the SoftPromptAttackConfig fields they fill.
-ATTACK_FIELDS = {"attack_tokens": "tokens", "attack_placement": "placement", "attack_init": "init",
-                 "attack_steps": "steps", "attack_lr": "lr", "attack_algorithm": "algorithm",
-                 "attack_epsilon": "epsilon", "attack_batch": "batch_size"}
+#: AdvUnlearn's attack settings and the SoftPromptAttackConfig fields they fill: every field of the
+#: attack's config, as "attack_" + its name ("attack_batch" for its batch size).
+ATTACK_FIELDS = {("attack_batch" if f.name == "batch_size" else f"attack_{f.name}"): f.name
+                 for f in dataclasses.fields(SoftPromptAttackConfig)}
 
 
 @dataclass
@@ -253,17 +256,6 @@ def _pipeline_class_name(source: str | os.PathLike, config: str | os.PathLike | 
 
 # ----------------------------------------------------------------------------- the plan
 @dataclass
-class _Sample:
-    """One sample of the frozen model: a prompt (concept prompts first, then retain prompts), a DDIM
-    depth, the seed of its starting noise and the timestep it is evaluated at."""
-
-    prompt: int
-    depth: int
-    noise_seed: int
-    timestep: int
-
-
-@dataclass
 class _Step:
     """One iteration's global batches, as sample ids; ``attack``: one list per attack step, or None."""
 
@@ -279,14 +271,14 @@ class _Planner:
     def __init__(self, c: AdvUnlearnConfig, n_concept: int, n_retain: int, ddim, num_train_timesteps: int, world: int):
         self.c, self.n_concept, self.n_retain, self.world = c, n_concept, n_retain, world
         self.ddim, self.T = ddim, num_train_timesteps
-        self.samples: list[_Sample] = []
+        self.samples: list[TrajectoryPoint] = []
         self.pools: dict[str, list[int]] = {}
 
     def _new(self, rng: random.Random, prompt: int, point: tuple[int, int] | None = None) -> int:
-        depth, noise_seed, timestep = draw_trajectory_point(rng, self.ddim, self.c.ddim_steps, self.T, self.c.timesteps)
+        sample = dataclasses.replace(draw_point(rng, self.ddim, self.c.timesteps, self.T), prompt=prompt)
         if point is not None:
-            depth, timestep = point
-        self.samples.append(_Sample(prompt, depth, noise_seed, timestep))
+            sample = dataclasses.replace(sample, depth=point[0], timestep=point[1])
+        self.samples.append(sample)
         return len(self.samples) - 1
 
     def _pooled(self, rng: random.Random, key: str, make: Callable[[random.Random], int]) -> int:
@@ -325,27 +317,6 @@ class _Planner:
         return steps
 
 
-def _block(ids: list[int], per_process: int, rank: int) -> list[int]:
-    return ids[rank * per_process:(rank + 1) * per_process]
-
-
-# ----------------------------------------------------------------------------- the loop
-class _LoopWithState(TrainLoop):
-    """``TrainLoop`` whose checkpoints also hold the method's own state (the attack's latest delta)."""
-
-    def __init__(self, *args, get_state: Callable[[], dict], set_state: Callable[[dict], None], **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self._get_state, self._set_state = get_state, set_state
-
-    def extra_state(self) -> dict:
-        return {"method_state": self._get_state()}
-
-    def load_extra_state(self, state: dict) -> None:
-        if "method_state" not in state:
-            raise ErasureInputError(f"{self.checkpoint_path}: checkpoint holds no attack state; start a new run")
-        self._set_state(state["method_state"])
-
-
 @register("advunlearn")
 class AdvUnlearn(ErasureMethod):
     """AdvUnlearn (see the module docstring for the algorithm and every implementation choice)."""
@@ -363,18 +334,11 @@ class AdvUnlearn(ErasureMethod):
         if getattr(pipe, "text_encoder_2", None) is not None:
             raise ErasureInputError(SDXL_REFUSAL)
         check_single_text_encoder(pipe, "advunlearn")
-        req = request.resolve(pipe)
         te, unet = pipe.text_encoder, pipe.unet
-        device = unet.device
-        meter = CostMeter(device)
-        resolution = c.resolution or native_resolution(pipe)
-        shape = latent_shape(pipe, resolution)
-        kind = prediction_type(pipe.scheduler)
-        ac = alphas_cumprod(pipe.scheduler, device)
+        s = setup_run(pipe, request, run_dir, resolution=c.resolution, mixed_precision=c.mixed_precision,
+                      dtype=te.dtype)
+        req, device, rank, world, encode = s.request, s.device, s.rank, s.world, s.encode
         ddim = ddim_for(pipe.scheduler, c.ddim_steps)
-        state = process_state(cpu=device.type == "cpu")
-        rank, world = state.process_index, state.num_processes
-        checkpoint_dir = Path(run_dir) / "checkpoint" if run_dir is not None else None
         if c.retain_batch and not req.retain:
             raise ErasureInputError("advunlearn: the request has no retain prompts; give some or set retain_batch 0")
 
@@ -387,42 +351,36 @@ class AdvUnlearn(ErasureMethod):
         params = text_encoder_parameters(te, c)
         record = component_record(te)  # the ORIGINAL text encoder, for plug-and-play checks
         frozen = FrozenCopy(params, device="cpu")
-        mixed = resolve_mixed_precision(c.mixed_precision, te.dtype, device)
         unet.requires_grad_(False)
 
-        encode = TextConditioner(pipe, resolution)
         with torch.no_grad():
             original = encode(prompts)  # TE*(c) for every concept and retain prompt
             uncond = encode([""])
 
-        def compute(ids: list[int]):
-            return frozen_predictions(
-                unet, ddim, original.index([samples[i].prompt for i in ids]), uncond,
-                [samples[i].depth for i in ids], [samples[i].noise_seed for i in ids],
-                [samples[i].timestep for i in ids], shape, c.guidance, ac, kind)
+        def compute(ids: list[int]) -> dict[str, torch.Tensor]:
+            return frozen_predictions(unet, ddim, original, uncond, [samples[i] for i in ids], s.shape, c.guidance,
+                                      s.ac, s.kind)
 
-        mine = sorted({i for st in plan for ids in self._my_ids(st, rank, c) for i in ids})
-        data = None
+        store = None
         if c.precompute:
-            with meter.phase("precompute"):
-                data = self._load_data(checkpoint_dir, mine, rank, world) if resume else None
-                if data is None:
-                    data = self._precompute(compute, mine, samples, progress)
-                    self._save_data(checkpoint_dir, data, rank, world)
-            row = {i: r for r, i in enumerate(data["ids"].tolist())}
+            with s.meter.phase("precompute"):
+                mine = sorted({i for st in plan for ids in self._my_ids(st, rank, c) for i in ids})
+                store = SampleStore.precomputed(s.checkpoint_dir, DATA_STEM, compute, DATA_KEYS, mine=mine,
+                                                state=s.state, resume=resume, batch_size=c.precompute_batch,
+                                                key=lambda i: samples[i].depth, progress=progress)
 
         def rows(ids: list[int]):
-            if data is not None:
-                r = [row[i] for i in ids]
-                return tuple(data[k][r].to(device) for k in ("x_t", "t", "eps_cond", "eps_uncond"))
+            if store is not None:
+                return store.rows(ids, DATA_KEYS, device)
             with torch.no_grad():
-                return compute(ids)
+                return [compute(ids)[k] for k in DATA_KEYS]
 
         attack = SoftPromptAttack(c.attack_config())
-        log = {"delta": None, "delta_prompt": None, "attack": [], "unlearn": [], "retain": []}
+        # The attack's latest delta and the per-step records, checkpointed with the text encoder.
+        log = StateDict(delta=None, delta_prompt=None, attack=[], unlearn=[], retain=[])
 
         def attack_round(step: int, st: _Step) -> None:
-            blocks = [_block(ids, c.attack_batch, rank) for ids in st.attack]
+            blocks = [process_block(ids, c.attack_batch, rank) for ids in st.attack]
 
             def batch(i: int):
                 x_t, t, eps_c, _ = rows(blocks[i])
@@ -437,7 +395,8 @@ class AdvUnlearn(ErasureMethod):
             st = plan[step]
             if st.attack is not None:
                 attack_round(step, st)
-            concept, retain = _block(st.concept, c.batch_size, rank), _block(st.retain, c.retain_batch, rank)
+            concept = process_block(st.concept, c.batch_size, rank)
+            retain = process_block(st.retain, c.retain_batch, rank)
             x_t, t, eps_c, eps_u = rows(concept + retain)
             if step < c.warmup:  # warm-up: the plain concept prompt
                 hidden = encode([prompts[st.prompt]]).hidden
@@ -446,7 +405,7 @@ class AdvUnlearn(ErasureMethod):
             hidden = hidden.expand(len(concept), -1, -1)
             if retain:
                 hidden = torch.cat([hidden, encode([prompts[samples[i].prompt] for i in retain]).hidden.to(hidden.dtype)])
-            eps = eps_from_output(ac, unet_output(unet, x_t, t, Conditions(hidden)), x_t, t, kind).float()
+            eps = eps_from_output(s.ac, unet_output(unet, x_t, t, Conditions(hidden)), x_t, t, s.kind).float()
             b = len(concept)
             unlearn = F.mse_loss(eps[:b], cfg(eps_u[:b], eps_c[:b], -c.eta))  # ESD target, eta = negative guidance
             loss = unlearn
@@ -457,52 +416,33 @@ class AdvUnlearn(ErasureMethod):
                 loss = unlearn + c.gamma * kept
             return loss
 
-        def get_state() -> dict:
-            return {"delta": None if log["delta"] is None else log["delta"].cpu(), "delta_prompt": log["delta_prompt"],
-                    "attack": log["attack"], "unlearn": log["unlearn"], "retain": log["retain"]}
-
-        def set_state(saved: dict) -> None:
-            log.update(saved)
-            if log["delta"] is not None:
-                log["delta"] = log["delta"].to(device)
-
-        loop = _LoopWithState(
-            te, params, lr=c.lr, steps=c.steps, optimizer="adam", mixed_precision=mixed,
-            gradient_checkpointing=c.gradient_checkpointing, checkpoint_dir=checkpoint_dir,
+        loop = TrainLoop(
+            te, params, lr=c.lr, steps=c.steps, optimizer="adam", mixed_precision=s.mixed,
+            gradient_checkpointing=c.gradient_checkpointing, checkpointed=(unet,), checkpoint_dir=s.checkpoint_dir,
             checkpoint_every=c.checkpoint_every, progress=progress, stage="training",
-            get_state=get_state, set_state=set_state,
         )
+        loop.track("method_state", log)
         if resume:
             loop.resume()
-        unet_ckpt = (c.gradient_checkpointing and getattr(unet, "_supports_gradient_checkpointing", False)
-                     and not unet.is_gradient_checkpointing)
-        if unet_ckpt:
-            unet.enable_gradient_checkpointing()
-        try:
-            with meter.phase("training"):
-                losses = loop.run(loss_fn)
-        finally:
-            if unet_ckpt:
-                unet.disable_gradient_checkpointing()
-        changed = frozen.changed()
-        trained = loop.finish()
-        tensors = {f"text_encoder.{n}": trained[n] for n in params if n in changed}
+        with s.meter.phase("training"):
+            losses = loop.run(loss_fn)
+        tensors = loop.finish(frozen, prefix="text_encoder.")
         logger.info("advunlearn: %d of %d trained tensors changed, %d attack rounds", len(tensors), len(params),
                     len(log["attack"]))
         return self.trained_edit(
-            req, tensors, params, cost=meter.summary(), device=device, mixed_precision=mixed, num_processes=world,
+            req, tensors, params, cost=s.meter.summary(), device=device, mixed_precision=s.mixed, num_processes=world,
             extra={
                 "components": {"text_encoder": record},
-                "resolution": resolution,
-                "prediction_type": kind,
+                "resolution": s.resolution,
+                "prediction_type": s.kind,
                 "frozen_samples": len(samples),
                 "attack_rounds": len(log["attack"]),
                 "attack_loss_first_mean": _mean([a[0] for a in log["attack"]]),
                 "attack_loss_last_mean": _mean([a[1] for a in log["attack"]]),
                 "loss_first": losses[0] if losses else None,
                 "loss_last": losses[-1] if losses else None,
-                "unlearn_loss_last_10pct": _tail_mean(log["unlearn"]),
-                "retain_loss_last_10pct": _tail_mean(log["retain"]),
+                "unlearn_loss_last_10pct": tail_mean(log["unlearn"]),
+                "retain_loss_last_10pct": tail_mean(log["retain"]),
             },
         )
 
@@ -510,19 +450,14 @@ class AdvUnlearn(ErasureMethod):
     def concept_samples(self, pipe, request, n: int = 8, seed: int | str = "diagnostic") -> dict:
         """``n`` frozen samples of the first concept prompt (x_t, t, ESD target), drawn from ``seed``."""
         c: AdvUnlearnConfig = self.config
-        req = request.resolve(pipe)
-        resolution = c.resolution or native_resolution(pipe)
+        s = setup_model(pipe, request, c.resolution)
         ddim = ddim_for(pipe.scheduler, c.ddim_steps)
-        encode = TextConditioner(pipe, resolution)
-        ac, kind = alphas_cumprod(pipe.scheduler, pipe.unet.device), prediction_type(pipe.scheduler)
-        points = [draw_trajectory_point(random.Random(f"{seed}/{i}"), ddim, c.ddim_steps,
-                                        pipe.scheduler.config.num_train_timesteps, c.timesteps) for i in range(n)]
+        points = draw_points(str(seed), n, ddim, c.timesteps, pipe.scheduler.config.num_train_timesteps)
         with torch.no_grad():
-            cond, uncond = encode(req.prompts[:1]), encode([""])
-            x_t, t, eps_c, eps_u = frozen_predictions(
-                pipe.unet, ddim, cond.index([0] * n), uncond, [p[0] for p in points], [p[1] for p in points],
-                [p[2] for p in points], latent_shape(pipe, resolution), c.guidance, ac, kind)
-        return {"prompt": req.prompts[0], "x_t": x_t, "t": t, "target": cfg(eps_u, eps_c, -c.eta)}
+            cond, uncond = s.encode(s.request.prompts[:1]), s.encode([""])
+            out = frozen_predictions(pipe.unet, ddim, cond, uncond, points, s.shape, c.guidance, s.ac, s.kind)
+        return {"prompt": s.request.prompts[0], "x_t": out["x_t"], "t": out["t"],
+                "target": cfg(out["eps_uncond"], out["eps_cond"], -c.eta)}
 
     def esd_loss(self, pipe, samples: dict) -> float:
         """The unlearning (ESD) loss of ``pipe`` as it is now, plain concept prompt, on ``concept_samples``."""
@@ -537,56 +472,12 @@ class AdvUnlearn(ErasureMethod):
     @staticmethod
     def _my_ids(st: _Step, rank: int, c: AdvUnlearnConfig) -> list[list[int]]:
         """The sample ids of ``st`` that process ``rank`` trains on."""
-        ids = [_block(st.concept, c.batch_size, rank), _block(st.retain, c.retain_batch, rank)]
-        return ids + [_block(a, c.attack_batch, rank) for a in st.attack or []]
-
-    def _precompute(self, compute, mine: list[int], samples: list[_Sample], progress) -> dict:
-        c: AdvUnlearnConfig = self.config
-        order = sorted(mine, key=lambda i: samples[i].depth)  # similar depths step together
-        parts: dict[str, list[torch.Tensor]] = {"x_t": [], "t": [], "eps_cond": [], "eps_uncond": []}
-        if progress:
-            progress("sampling x_t", 0, len(order), {})
-        with torch.no_grad():
-            for start in range(0, len(order), c.precompute_batch):
-                idx = order[start:start + c.precompute_batch]
-                for key, value in zip(parts, compute(idx)):
-                    parts[key].append(value.cpu())
-                if progress:
-                    progress("sampling x_t", start + len(idx), len(order), {})
-        data = {k: torch.cat(v) if v else torch.empty(0) for k, v in parts.items()}
-        data["ids"] = torch.tensor(order, dtype=torch.long)
-        return data
-
-    @staticmethod
-    def _save_data(checkpoint_dir: Path | None, data: dict, rank: int, world: int) -> None:
-        if checkpoint_dir is None:
-            return
-        from safetensors.torch import save_file
-
-        # Each process keeps the samples it computed (its own file): on resume it needs exactly those.
-        checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        with atomic_path(checkpoint_dir / DATA_FILE.format(rank=rank, world=world)) as tmp:
-            save_file({k: v.contiguous() for k, v in data.items()}, str(tmp))
-
-    @staticmethod
-    def _load_data(checkpoint_dir: Path | None, mine: list[int], rank: int, world: int) -> dict | None:
-        path = checkpoint_dir / DATA_FILE.format(rank=rank, world=world) if checkpoint_dir is not None else None
-        if path is None or not path.is_file():
-            return None
-        from safetensors.torch import load_file
-
-        data = load_file(str(path))
-        if set(data) != {"x_t", "t", "eps_cond", "eps_uncond", "ids"} or sorted(data["ids"].tolist()) != mine:
-            return None
-        return data
+        ids = [process_block(st.concept, c.batch_size, rank), process_block(st.retain, c.retain_batch, rank)]
+        return ids + [process_block(a, c.attack_batch, rank) for a in st.attack or []]
 
 
 def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
-
-
-def _tail_mean(values: list[float]) -> float | None:
-    return _mean(values[-max(1, len(values) // 10):]) if values else None
 
 
 # ----------------------------------------------------------------------------- plug-and-play export

@@ -2,7 +2,7 @@
 
 The erased concept's output domain is aligned with an anchor concept's by adversarial training,
 and the unlearning gradient is stripped of the part that conflicts with a prior-preservation
-gradient. Each training step (METHODS.md section 2; reference: yongliang-wu/DoCo ``train.py``,
+gradient. Each training step (the paper's; reference: yongliang-wu/DoCo ``train.py``,
 ``gradient_clip.py``, ``gan.py``):
 
 1. Anchor images ``x_0`` (made once, up front, by the original model from anchor prompts) are noised
@@ -58,13 +58,14 @@ Implementation choices and deviations (same algorithm; every difference named):
   ``anchor_guidance``; the reference uses DPM-Solver 25 steps, guidance 6) directly in the UNet's
   input space: the latents are kept instead of being decoded to JPEG files and re-encoded by the
   VAE. Image ``i`` uses anchor prompt ``i mod n_pairs`` (the reference's ``PromptDataset``). They
-  are saved beside the checkpoints (``doco-anchors.safetensors``), so a resumed run trains on the
-  same data. No flip/crop augmentation (the reference's style script turns its resize augmentation
+  are saved beside the checkpoints (``doco-anchors.safetensors``, through ``erasure.sampling.SampleStore``:
+  each process makes its share, all are gathered), so a resumed run trains on the same data. No flip/crop augmentation (the reference's style script turns its resize augmentation
   off; its horizontal flip is omitted: a mirrored canvas-mini arrow or moon is another image).
 - Every step's samples (anchor image, noise seed, timestep for both batches) are drawn up front
   from ``seed``, so a resumed run equals an uninterrupted one; the discriminator and its optimiser
-  state are checkpointed with the UNet's.
-- Warm-up (``warmup``): ``"plain"`` (default; METHODS.md and the issue: the generator trains on
+  state are checkpointed with the UNet's (``TrainLoop.track``), and the step itself, which fills the
+  trained tensors' gradients, runs through ``TrainLoop.run_steps``.
+- Warm-up (``warmup``): ``"plain"`` (default; the paper's description: the generator trains on
   ``L_adv + prior_weight * L_prior`` without surgery for ``warmup_steps``) or ``"discriminator"``
   (what the reference code does: during ``--warm_up`` steps only the discriminator trains). The
   reference's scripts also pass ``--prior_loss_weight 0``, so their plain steps have no prior term
@@ -72,7 +73,7 @@ Implementation choices and deviations (same algorithm; every difference named):
   matters).
 - The discriminator's gradient comes from its own loss only. (The reference's generator backward
   also leaves the gradient of ``L_adv`` with respect to ``D`` in ``D``'s ``.grad``, which its next
-  ``optimizer_D.step()`` then applies; METHODS.md describes ``D`` learning y_A -> real, y_S -> fake,
+  ``optimizer_D.step()`` then applies; the paper describes ``D`` learning y_A -> real, y_S -> fake,
   which is what is done here.)
 - Gradient clipping as the reference: each of ``g_p`` and ``g_a`` is clipped to a global norm of
   ``max_grad_norm`` over the trained tensors before surgery (in plain steps, the combined gradient).
@@ -113,24 +114,17 @@ import random
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from erasure.atomic import atomic_path
 from erasure.diffusion import (
     Conditions,
-    TextConditioner,
     add_noise,
-    alphas_cumprod,
     ddim_for,
     eps_from_output,
     initial_noise,
-    latent_shape,
-    native_resolution,
-    prediction_type,
     sample_partial_trajectories,
     unet_output,
     x0_from_output,
@@ -139,15 +133,17 @@ from erasure.edit import Edit
 from erasure.errors import ErasureInputError
 from erasure.prompts import with_article
 from erasure.request import ErasureRequest, model_family
+from erasure.sampling import SampleStore, step_block
 from erasure.training import (
     MIXED_PRECISION,
     PARAMETER_PRESETS,
-    CostMeter,
     FrozenCopy,
     TrainLoop,
-    process_state,
-    resolve_mixed_precision,
+    mean_over_processes,
     select_parameters,
+    setup_model,
+    setup_run,
+    tail_mean,
 )
 
 from .base import ErasureMethod, MethodConfig
@@ -160,7 +156,8 @@ WARMUP_MODES = ("plain", "discriminator")
 #: canvas-mini anchors when the request names none: the concept-free captions ("a {object}",
 #: "{style} style"), or the same captions with each of the other concepts of the kind.
 CANVAS_ANCHORS = ("concept-free", "others")
-ANCHORS_FILE = "doco-anchors.safetensors"
+#: The anchor images, gathered from every process into one file beside the checkpoint (``SampleStore``).
+ANCHORS_STEM = "doco-anchors"
 #: Per-step records kept in the checkpoint and summarised in the edit: generator adversarial and
 #: prior losses (NaN in discriminator-only warm-up steps), discriminator loss, and the share of
 #: trained tensors whose g_a conflicted with g_p (NaN in steps without surgery).
@@ -181,7 +178,7 @@ SD_PLACES: tuple[str, ...] = (
 
 @dataclass
 class DoCoConfig(MethodConfig):
-    """DoCo hyperparameters. Defaults: the paper's (METHODS.md section 2) for Stable Diffusion 1.x."""
+    """DoCo hyperparameters. Defaults: the paper's for Stable Diffusion 1.x."""
 
     parameters: str | list[str] = "attn2-kv"
     steps: int = 2000
@@ -425,66 +422,6 @@ def make_plan(n_samples: int, n_images: int, num_train_timesteps: int, seed: int
     return plan
 
 
-# ----------------------------------------------------------------------------- the loop
-class _DoCoLoop(TrainLoop):
-    """``TrainLoop`` with a custom gradient step (``step_fn`` fills the trained tensors' ``.grad``)
-    and the discriminator, its optimiser and the per-step history in the checkpoint.
-
-    TrainLoop supplies the fp32 master weights, the AdamW optimiser, the accelerator (autocast),
-    gradient averaging over processes, the checkpoint file and ``finish``.
-    """
-
-    def __init__(self, *args, discriminator: nn.Module, disc_optimizer: torch.optim.Optimizer, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.disc, self.disc_optimizer = discriminator, disc_optimizer
-        self.history: dict[str, list[float]] = {k: [] for k in HISTORY}
-
-    def extra_state(self) -> dict:
-        return {
-            "discriminator": {k: v.detach().cpu() for k, v in self.disc.state_dict().items()},
-            "disc_optimizer": self.disc_optimizer.state_dict(),
-            "history": {k: list(v) for k, v in self.history.items()},
-        }
-
-    def load_extra_state(self, state: dict) -> None:
-        if "discriminator" not in state:
-            raise ErasureInputError(f"{self.checkpoint_path}: not a DoCo checkpoint (no discriminator state)")
-        self.disc.load_state_dict(state["discriminator"])
-        self.disc_optimizer.load_state_dict(state["disc_optimizer"])
-        self.history = {k: list(state["history"].get(k, [])) for k in HISTORY}
-
-    def run(self, step_fn) -> list[float]:
-        """``step_fn(step) -> dict`` of the HISTORY values; it leaves the trained tensors' gradients
-        in ``.grad`` (or none, for a step without a generator update); the loop steps AdamW."""
-        model = self.model
-        ckpt = (self.gradient_checkpointing and getattr(model, "_supports_gradient_checkpointing", False)
-                and not model.is_gradient_checkpointing)
-        if ckpt:
-            model.enable_gradient_checkpointing()
-        try:
-            if self.progress:
-                self.progress(self.stage, self.start_step, self.steps, {})
-            for step in range(self.start_step, self.steps):
-                record = step_fn(step)
-                if any(p.grad is not None for p in self.params.values()):
-                    self.optimizer.step()
-                self.optimizer.zero_grad(set_to_none=True)
-                for k in HISTORY:
-                    self.history[k].append(float(record.get(k, math.nan)))
-                self.losses.append(self.history["adv"][-1])
-                done = step + 1
-                if self.checkpoint_every and done % self.checkpoint_every == 0 and done < self.steps:
-                    self.save_checkpoint(done)
-                if self.progress:
-                    shown = {k: record[k] for k in ("adv", "disc") if not math.isnan(record.get(k, math.nan))}
-                    self.progress(self.stage, done, self.steps, shown)
-        finally:
-            if ckpt:
-                model.disable_gradient_checkpointing()
-            model.requires_grad_(False)
-        return self.losses
-
-
 # ----------------------------------------------------------------------------- the method
 @register("doco")
 class DoCo(ErasureMethod):
@@ -495,49 +432,36 @@ class DoCo(ErasureMethod):
     def __call__(self, pipe, request, *, run_dir=None, resume: bool = False, progress=None) -> Edit:
         c: DoCoConfig = self.config
         pairs = prompt_pairs(request, pipe, c.templates, c.canvas_anchors)
-        req = request.resolve(pipe)
+        s = setup_run(pipe, request, run_dir, resolution=c.resolution, mixed_precision=c.mixed_precision)
+        req, device, rank, world, shape, ac, kind = s.request, s.device, s.rank, s.world, s.shape, s.ac, s.kind
         unet = pipe.unet
-        device = unet.device
-        meter = CostMeter(device)
-        resolution = c.resolution or native_resolution(pipe)
-        shape = latent_shape(pipe, resolution)
         check_discriminator_fits(c.disc_widths, shape)
-        mixed = resolve_mixed_precision(c.mixed_precision, unet.dtype, device)
-        if mixed == "fp16":
+        if s.mixed == "fp16":
             raise ErasureInputError("doco: fp16 training is not supported (gradient surgery needs unscaled gradients); "
                                     "load the pipeline in bf16 or fp32")
-        kind = prediction_type(pipe.scheduler)
-        ac = alphas_cumprod(pipe.scheduler, device)
-        state = process_state(cpu=device.type == "cpu")
-        rank, world = state.process_index, state.num_processes
-        checkpoint_dir = Path(run_dir) / "checkpoint" if run_dir is not None else None
         params = select_parameters(unet, c.parameters)
         frozen = FrozenCopy(params)  # the original K/V, swapped in for the frozen model's y_A
 
-        encode = TextConditioner(pipe, resolution)
         with torch.no_grad():
-            cond_anchor = encode([a for a, _ in pairs])
-            cond_target = encode([t for _, t in pairs])
-            uncond = encode([""])
+            cond_anchor = s.encode([a for a, _ in pairs])
+            cond_target = s.encode([t for _, t in pairs])
+            uncond = s.encode([""])
 
-        with meter.phase("anchor images"):
-            anchors = self._load_anchors(checkpoint_dir, shape) if resume else None
-            if anchors is None:
-                anchors = self._make_anchors(pipe, cond_anchor, uncond, len(pairs), shape, state, progress)
-                if state.is_main_process:
-                    self._save_anchors(checkpoint_dir, anchors)
-        images, image_pair = anchors["images"], anchors["pair"]
+        with s.meter.phase("anchor images"):
+            images = self._anchors(pipe, cond_anchor, uncond, len(pairs), s, resume, progress)
+        image_pair = torch.tensor([i % len(pairs) for i in range(len(images))])
         plan = make_plan(c.steps * c.batch_size * world, len(images), pipe.scheduler.config.num_train_timesteps, c.seed)
 
         disc_lr = c.disc_lr if c.disc_lr is not None else (5e-4 if req.kind == "style" else 1e-4)
         disc = build_discriminator(shape[0], c.disc_widths, c.seed).to(device).train()
         disc_opt = torch.optim.Adam(disc.parameters(), lr=disc_lr, betas=tuple(c.disc_betas))
-        loop = _DoCoLoop(
+        loop = TrainLoop(
             unet, params, lr=c.lr, steps=c.steps, optimizer="adamw", weight_decay=c.weight_decay,
-            mixed_precision=mixed, gradient_checkpointing=c.gradient_checkpointing, checkpoint_dir=checkpoint_dir,
+            mixed_precision=s.mixed, gradient_checkpointing=c.gradient_checkpointing, checkpoint_dir=s.checkpoint_dir,
             checkpoint_every=c.checkpoint_every, progress=progress, stage="training",
-            discriminator=disc, disc_optimizer=disc_opt,
         )
+        loop.track("discriminator", disc)
+        loop.track("disc_optimizer", disc_opt)
         if resume:
             loop.resume()
         plist = list(params.values())
@@ -549,8 +473,7 @@ class DoCo(ErasureMethod):
             return add_noise(ac, x0, noise, t), t, noise, torch.tensor([int(image_pair[i]) for i in image_idx])
 
         def step_fn(step: int) -> dict:
-            start = (step * world + rank) * c.batch_size
-            idx = range(start, start + c.batch_size)
+            idx = step_block(step, c.batch_size, rank, world)
             x_a, t_a, _, pair_a = noised([plan.adv_image[i] for i in idx], [plan.adv_seed[i] for i in idx],
                                          [plan.adv_t[i] for i in idx])
             with loop.accelerator.autocast(), torch.no_grad(), frozen.original():
@@ -570,25 +493,23 @@ class DoCo(ErasureMethod):
                     l_adv = F.binary_cross_entropy_with_logits(logits.float(), torch.zeros_like(logits, dtype=torch.float32))
                     eps_p = eps_from_output(ac, out_p, x_p, t_p, kind)
                     l_prior = F.mse_loss(eps_p.float(), noise_p.float())
-                record["conflicts"] = self._generator_gradients(loop, plist, l_adv, l_prior, surgery=step >= c.warmup_steps)
+                record["conflicts"] = self._generator_gradients(plist, l_adv, l_prior, surgery=step >= c.warmup_steps)
                 record["adv"], record["prior"] = float(l_adv.detach()), float(l_prior.detach())
             record["disc"] = self._discriminator_step(loop, disc, disc_opt, y_anchor, y_erased.detach())
             if world > 1:
                 keys = sorted(k for k in record if not math.isnan(record[k]))
-                means = loop.average([torch.tensor([record[k] for k in keys], device=device)])[0]
+                means = mean_over_processes(torch.tensor([record[k] for k in keys], device=device))
                 record.update({k: float(v) for k, v in zip(keys, means)})
             return record
 
-        with meter.phase("training"):
-            loop.run(step_fn)
-        changed = frozen.changed()
-        trained = loop.finish()
-        tensors = {f"unet.{n}": trained[n] for n in params if n in changed}
+        with s.meter.phase("training"):
+            loop.run_steps(step_fn, record=HISTORY, show=("adv", "disc"))
+        tensors = loop.finish(frozen, prefix="unet.")
         logger.info("doco: %d of %d trained tensors changed", len(tensors), len(params))
         return self.trained_edit(
-            req, tensors, params, cost=meter.summary(), device=device, mixed_precision=mixed, num_processes=world,
+            req, tensors, params, cost=s.meter.summary(), device=device, mixed_precision=s.mixed, num_processes=world,
             extra={
-                "resolution": resolution,
+                "resolution": s.resolution,
                 "prediction_type": kind,
                 "global_batch_size": c.batch_size * world,
                 "prompt_pairs": len(pairs),
@@ -601,17 +522,17 @@ class DoCo(ErasureMethod):
         )
 
     # -- one step's two updates
-    def _generator_gradients(self, loop: _DoCoLoop, plist: list, l_adv, l_prior, surgery: bool) -> float:
+    def _generator_gradients(self, plist: list, l_adv, l_prior, surgery: bool) -> float:
         """Fill the trained tensors' ``.grad``: plain combined gradient, or g_a after surgery.
         Returns the share of tensors whose g_a conflicted with g_p (NaN without surgery)."""
         c: DoCoConfig = self.config
         if not surgery or c.surgery == "off":
             grads = _grads(l_adv + c.prior_weight * l_prior, plist)
-            grads = clip_global_norm(loop.average(grads), c.max_grad_norm)
+            grads = clip_global_norm(_mean_over_processes(grads), c.max_grad_norm)
             conflicts = math.nan
         else:
-            g_prior = clip_global_norm(loop.average(_grads(l_prior, plist, retain_graph=True)), c.max_grad_norm)
-            g_adv = clip_global_norm(loop.average(_grads(l_adv, plist)), c.max_grad_norm)
+            g_prior = clip_global_norm(_mean_over_processes(_grads(l_prior, plist, retain_graph=True)), c.max_grad_norm)
+            g_adv = clip_global_norm(_mean_over_processes(_grads(l_adv, plist)), c.max_grad_norm)
             adjusted = [gradient_surgery(a, p, c.surgery, c.surgery_lambda) for a, p in zip(g_adv, g_prior)]
             grads = [g for g, _ in adjusted]
             conflicts = sum(cos < 0 for _, cos in adjusted) / len(adjusted)
@@ -620,7 +541,7 @@ class DoCo(ErasureMethod):
         return conflicts
 
     @staticmethod
-    def _discriminator_step(loop: _DoCoLoop, disc: nn.Module, disc_opt, y_anchor, y_erased) -> float:
+    def _discriminator_step(loop: TrainLoop, disc: nn.Module, disc_opt, y_anchor, y_erased) -> float:
         """One Adam step of D on y_A -> real (0), y_S -> fake (1); returns its loss."""
         disc_opt.zero_grad(set_to_none=True)
         with loop.accelerator.autocast():
@@ -628,59 +549,33 @@ class DoCo(ErasureMethod):
             loss = (F.binary_cross_entropy_with_logits(real, torch.zeros_like(real))
                     + F.binary_cross_entropy_with_logits(fake, torch.ones_like(fake)))
         dparams = [p for p in disc.parameters()]
-        for p, g in zip(dparams, loop.average(torch.autograd.grad(loss, dparams))):
+        for p, g in zip(dparams, _mean_over_processes(torch.autograd.grad(loss, dparams))):
             p.grad = g
         disc_opt.step()
         return float(loss.detach())
 
     # -- anchor images
-    def _make_anchors(self, pipe, cond_anchor: Conditions, uncond: Conditions, n_pairs: int, shape, state,
-                      progress) -> dict:
-        """The original model's samples for the anchor prompts; this process makes its share, then all are gathered."""
+    def _anchors(self, pipe, cond_anchor: Conditions, uncond: Conditions, n_pairs: int, s, resume: bool,
+                 progress) -> torch.Tensor:
+        """The original model's samples for the anchor prompts (image i: prompt i mod ``n_pairs``), loaded
+        on ``resume`` when saved; else each process makes its share and all are gathered."""
         c: DoCoConfig = self.config
-        n, world, rank = c.anchor_images, state.num_processes, state.process_index
-        pair = torch.tensor([i % n_pairs for i in range(n)])
+        n, world = c.anchor_images, s.world
         seeds = [random.Random(f"doco-anchor/{c.seed}/{i}").randrange(2**31) for i in range(n)]
         per = -(-n // world)
-        mine = list(range(rank * per, min(n, (rank + 1) * per)))
+        everyone = [list(range(r * per, min(n, (r + 1) * per))) for r in range(world)]
         ddim = ddim_for(pipe.scheduler, c.anchor_steps)
-        out = torch.zeros((per, *shape), dtype=torch.float32)
-        if progress:
-            progress("anchor images", 0, len(mine), {})
-        with torch.no_grad():
-            for start in range(0, len(mine), c.anchor_batch):
-                idx = mine[start:start + c.anchor_batch]
-                x = sample_partial_trajectories(pipe.unet, ddim, cond_anchor.index(pair[idx]), uncond,
-                                                [c.anchor_steps] * len(idx), [seeds[i] for i in idx], shape,
-                                                c.anchor_guidance)
-                out[start:start + len(idx)] = x.float().cpu()
-                if progress:
-                    progress("anchor images", start + len(idx), len(mine), {})
-        if world > 1:
-            from accelerate.utils import gather
 
-            out = gather(out.to(state.device)).cpu()
-        return {"images": out[:n].contiguous(), "pair": pair}
+        def make(idx: list[int]) -> dict[str, torch.Tensor]:
+            x = sample_partial_trajectories(pipe.unet, ddim, cond_anchor.index([i % n_pairs for i in idx]), uncond,
+                                            [c.anchor_steps] * len(idx), [seeds[i] for i in idx], s.shape,
+                                            c.anchor_guidance)
+            return {"images": x.float()}
 
-    @staticmethod
-    def _save_anchors(checkpoint_dir: Path | None, anchors: dict) -> None:
-        if checkpoint_dir is None:
-            return
-        from safetensors.torch import save_file
-
-        checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        with atomic_path(checkpoint_dir / ANCHORS_FILE) as tmp:
-            save_file({k: v.contiguous() for k, v in anchors.items()}, str(tmp))
-
-    def _load_anchors(self, checkpoint_dir: Path | None, shape) -> dict | None:
-        if checkpoint_dir is None or not (checkpoint_dir / ANCHORS_FILE).is_file():
-            return None
-        from safetensors.torch import load_file
-
-        data = load_file(str(checkpoint_dir / ANCHORS_FILE))
-        if set(data) != {"images", "pair"} or tuple(data["images"].shape) != (self.config.anchor_images, *shape):
-            return None
-        return data
+        store = SampleStore.precomputed(s.checkpoint_dir, ANCHORS_STEM, make, ("images",), mine=everyone[s.rank],
+                                        everyone=everyone, state=s.state, resume=resume, batch_size=c.anchor_batch,
+                                        progress=progress, stage="anchor images")
+        return store.rows(range(n), ("images",))[0]
 
     # -- diagnostics (tests, benches)
     def probe_samples(self, pipe, prompts: Sequence[str], n: int = 16, seed: int = 1,
@@ -688,31 +583,31 @@ class DoCo(ErasureMethod):
         """``n`` fixed noised samples of ``pipe``'s own images of ``prompts`` (DDIM 10 steps, guidance
         ``anchor_guidance``), at timesteps drawn from ``t_range``: inputs for ``x0_estimates``."""
         c: DoCoConfig = self.config
-        resolution = c.resolution or native_resolution(pipe)
-        shape = latent_shape(pipe, resolution)
-        device = pipe.unet.device
+        s = setup_model(pipe, None, c.resolution)
+        shape, device, encode = s.shape, s.device, s.encode
         rng = random.Random(f"doco-probe/{seed}")
         which = [rng.randrange(len(prompts)) for _ in range(n)]
         seeds = [rng.randrange(2**31) for _ in range(2 * n)]
         t = torch.tensor([rng.randrange(*t_range) for _ in range(n)], device=device)
-        encode = TextConditioner(pipe, resolution)
         with torch.no_grad():
             cond = encode([prompts[i] for i in which])
             x0 = sample_partial_trajectories(pipe.unet, ddim_for(pipe.scheduler, 10), cond, encode([""]), [10] * n,
                                              seeds[:n], shape, c.anchor_guidance)
-        x_t = add_noise(alphas_cumprod(pipe.scheduler, device), x0, initial_noise(seeds[n:], shape, device, x0.dtype), t)
+        x_t = add_noise(s.ac, x0, initial_noise(seeds[n:], shape, device, x0.dtype), t)
         return {"x_t": x_t, "t": t, "which": which}
 
     def x0_estimates(self, pipe, samples: dict, prompts: Sequence[str]) -> torch.Tensor:
         """``pipe``'s x0 estimate for each of ``samples`` (``probe_samples``) conditioned on
         ``prompts[which]``: what the discriminator sees."""
-        resolution = self.config.resolution or native_resolution(pipe)
-        unet = pipe.unet
-        ac, kind = alphas_cumprod(pipe.scheduler, unet.device), prediction_type(pipe.scheduler)
+        s = setup_model(pipe, None, self.config.resolution)
         with torch.no_grad():
-            cond = TextConditioner(pipe, resolution)([prompts[i] for i in samples["which"]])
-            out = unet_output(unet, samples["x_t"], samples["t"], cond)
-            return x0_from_output(ac, out, samples["x_t"], samples["t"], kind).float()
+            cond = s.encode([prompts[i] for i in samples["which"]])
+            out = unet_output(pipe.unet, samples["x_t"], samples["t"], cond)
+            return x0_from_output(s.ac, out, samples["x_t"], samples["t"], s.kind).float()
+
+
+def _mean_over_processes(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    return [mean_over_processes(t) for t in tensors]
 
 
 def _grads(loss: torch.Tensor, plist: list, retain_graph: bool = False) -> list[torch.Tensor]:
@@ -726,7 +621,6 @@ def summarise(history: dict[str, list[float]]) -> dict:
     out = {}
     for key, values in history.items():
         finite = [v for v in values if not math.isnan(v)]
-        tail = finite[-max(1, len(finite) // 10):] if finite else []
         out[key] = {"first": finite[0] if finite else None, "last": finite[-1] if finite else None,
-                    "mean_last_10pct": sum(tail) / len(tail) if tail else None, "steps": len(finite)}
+                    "mean_last_10pct": tail_mean(finite), "steps": len(finite)}
     return out

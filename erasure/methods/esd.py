@@ -7,15 +7,19 @@ target is the frozen model's negatively guided noise prediction
 ``|| eps_theta(x_t, t, c_e) - target ||^2`` trains either the cross-attention (ESD-x, for styles)
 or everything but the cross-attention (ESD-u, for objects and nudity). Adam, no weight decay.
 
-Implementation choices (same algorithm and data as the references; see METHODS.md section 0):
+Implementation choices (same algorithm and data as the references: the paper and
+rohitgandikota/erasing, whose original CompVis-based script and newer diffusers scripts
+``esd_sd.py``/``esd_sdxl.py`` are named below where they differ):
 
 - Precomputation (``precompute=True``, the default). The frozen model never changes, so every
   iteration's (prompt, depth, noise seed, timestep) is drawn up front from ``seed``, and the x_t
   trajectories and frozen targets are computed in batches before training (samples of similar
   depth together); training then runs only the student's forward and backward. Each sample's
   noise comes from its own seed, so the data are the same as computing them one by one
-  (``precompute=False`` does exactly that, the reference's schedule). The precomputed data are
-  saved beside the checkpoints, so a resumed run trains on exactly the same data.
+  (``precompute=False`` does exactly that, the reference's schedule). The plan, the frozen
+  predictions and the store are ``erasure.sampling``'s (shared with AdvUnlearn and the attack).
+  The precomputed data are saved beside the checkpoints, so a resumed run trains on exactly the
+  same data.
 - Memory: one UNet. The trained tensors are optimised in float32 (master weights; the reference
   trains SD in pure bf16, where small Adam updates vanish) and only they require gradients; the
   frozen model's values of them are kept apart (on the CPU when precomputing) instead of a second
@@ -52,43 +56,30 @@ Implementation choices (same algorithm and data as the references; see METHODS.m
   ``[s B W, (s+1) B W)`` and process r takes the r-th block of ``B`` of them, so W processes with
   ``batch_size`` B train on the same samples as one process with ``batch_size`` B*W (the same run up
   to float summation order; one process is exactly the single-process run). Each process
-  precomputes only its own samples; they are then gathered so every process holds all of them
-  and the main one can save them for resume. Gradients are averaged by ``TrainLoop``.
+  precomputes only its own samples and keeps them in its own file for resume. Gradients are
+  averaged by ``TrainLoop``.
 """
 
 from __future__ import annotations
 
 import logging
-import random
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from erasure.diffusion import (
-    TIMESTEP_MODES,
-    TextConditioner,
-    alphas_cumprod,
-    cfg,
-    ddim_for,
-    eps_from_output,
-    latent_shape,
-    native_resolution,
-    prediction_type,
-    sample_partial_trajectories,
-    unet_output,
-)
+from erasure.diffusion import TIMESTEP_MODES, cfg, ddim_for, eps_from_output, unet_output
 from erasure.edit import Edit
 from erasure.errors import ErasureInputError
+from erasure.sampling import SampleStore, TrajectoryPoint, draw_points, frozen_predictions, step_block
 from erasure.training import (
     MIXED_PRECISION,
-    CostMeter,
     FrozenCopy,
     TrainLoop,
-    process_state,
-    resolve_mixed_precision,
     select_parameters,
+    setup_model,
+    setup_run,
+    tail_mean,
 )
 
 from .base import ErasureMethod, MethodConfig
@@ -98,7 +89,9 @@ logger = logging.getLogger(__name__)
 
 #: ESD variant -> parameter preset of erasure.training.
 VARIANTS: dict[str, str] = {"esd-x": "attn2", "esd-u": "non-attn2", "esd-x-strict": "attn2-kv", "esd-all": "all"}
-DATA_FILE = "esd-data.safetensors"
+#: The precomputed samples, one file per process beside the checkpoint (``erasure.sampling.SampleStore``).
+DATA_STEM = "esd-data"
+DATA_KEYS = ("x_t", "t", "target")
 
 
 @dataclass
@@ -140,16 +133,6 @@ class ESDConfig(MethodConfig):
             raise ErasureInputError(f"esd config resolution: {self.resolution} is too small")
 
 
-@dataclass
-class _Plan:
-    """Every training sample, drawn up front: a pure function of (seed, iteration)."""
-
-    prompt: list[int]
-    depth: list[int]
-    noise_seed: list[int]
-    timestep: list[int]
-
-
 @register("esd")
 class ESD(ErasureMethod):
     """ESD-x / ESD-u (see the module docstring for the algorithm and every implementation choice)."""
@@ -158,83 +141,69 @@ class ESD(ErasureMethod):
 
     def __call__(self, pipe, request, *, run_dir=None, resume: bool = False, progress=None) -> Edit:
         c: ESDConfig = self.config
-        req = request.resolve(pipe)
-        unet = pipe.unet
-        device = unet.device
-        meter = CostMeter(device)
-        resolution = c.resolution or native_resolution(pipe)
-        shape = latent_shape(pipe, resolution)
-        kind = prediction_type(pipe.scheduler)
-        ac = alphas_cumprod(pipe.scheduler, device)
+        s = setup_run(pipe, request, run_dir, resolution=c.resolution, mixed_precision=c.mixed_precision)
+        unet, device, world = pipe.unet, s.device, s.world
         ddim = ddim_for(pipe.scheduler, c.ddim_steps)
-        state = process_state(cpu=device.type == "cpu")
-        rank, world = state.process_index, state.num_processes
-        plan = self._plan(len(req.prompts), ddim, pipe.scheduler.config.num_train_timesteps, world)
-        checkpoint_dir = Path(run_dir) / "checkpoint" if run_dir is not None else None
+        plan = self.plan(len(s.request.prompts), ddim, pipe.scheduler.config.num_train_timesteps, world)
 
-        def indices(step: int, process: int = rank) -> list[int]:
-            start = (step * world + process) * c.batch_size
-            return list(range(start, start + c.batch_size))
+        def indices(step: int) -> list[int]:
+            return step_block(step, c.batch_size, s.rank, world)
 
         selection = c.parameters if c.parameters else VARIANTS[c.variant]
         params = select_parameters(unet, selection)
         frozen = FrozenCopy(params, device="cpu" if c.precompute else None)
-        mixed = resolve_mixed_precision(c.mixed_precision, unet.dtype, device)
 
-        encode = TextConditioner(pipe, resolution)
         with torch.no_grad():
-            cond = encode(req.prompts)
-            uncond = encode([""])
+            cond = s.encode(s.request.prompts)
+            uncond = s.encode([""])
 
-        data = None
+        def compute(idx: list[int]) -> dict[str, torch.Tensor]:
+            return self._frozen_batch(unet, ddim, cond, uncond, [plan[i] for i in idx], s.shape, s.ac, s.kind)
+
+        store = None
         if c.precompute:
-            with meter.phase("precompute"):
-                data = self._load_data(checkpoint_dir, len(plan.depth)) if resume else None
-                if data is None:
-                    mine = [i for s in range(c.steps) for i in indices(s)]
-                    data = self._precompute(unet, ddim, cond, uncond, plan, mine, shape, ac, kind, progress)
-                    if world > 1:
-                        everyone = [[i for s in range(c.steps) for i in indices(s, r)] for r in range(world)]
-                        self._gather_samples(data, everyone, state)
-                    if state.is_main_process:
-                        self._save_data(checkpoint_dir, data)
+            with s.meter.phase("precompute"):
+                mine = [i for step in range(c.steps) for i in indices(step)]
+                store = SampleStore.precomputed(s.checkpoint_dir, DATA_STEM, compute, DATA_KEYS, mine=mine,
+                                                state=s.state, resume=resume, batch_size=c.precompute_batch,
+                                                key=lambda i: plan[i].depth, progress=progress)
 
         def samples(step: int):
             idx = indices(step)
-            if data is not None:
-                return (data["x_t"][idx].to(device), data["t"][idx].to(device),
-                        torch.tensor([plan.prompt[i] for i in idx]), data["target"][idx].to(device))
-            with frozen.original(), torch.no_grad():
-                x_t, t, target = self._frozen_batch(unet, ddim, cond, uncond, plan, idx, shape, ac, kind)
-            return x_t, t, torch.tensor([plan.prompt[i] for i in idx]), target
+            if store is not None:
+                x_t, t, target = store.rows(idx, DATA_KEYS, device)
+            else:
+                with frozen.original(), torch.no_grad():
+                    batch = compute(idx)
+                x_t, t, target = (batch[k] for k in DATA_KEYS)
+            return x_t, t, torch.tensor([plan[i].prompt for i in idx]), target
 
         def loss_fn(step: int) -> torch.Tensor:
             x_t, t, prompt_idx, target = samples(step)
             out = unet_output(unet, x_t, t, cond.index(prompt_idx))
-            return F.mse_loss(eps_from_output(ac, out, x_t, t, kind).float(), target.float())
+            return F.mse_loss(eps_from_output(s.ac, out, x_t, t, s.kind).float(), target.float())
 
         loop = TrainLoop(
-            unet, params, lr=c.lr, steps=c.steps, optimizer="adam", mixed_precision=mixed,
-            gradient_checkpointing=c.gradient_checkpointing, checkpoint_dir=checkpoint_dir,
+            unet, params, lr=c.lr, steps=c.steps, optimizer="adam", mixed_precision=s.mixed,
+            gradient_checkpointing=c.gradient_checkpointing, checkpoint_dir=s.checkpoint_dir,
             checkpoint_every=c.checkpoint_every, progress=progress, stage="training",
         )
         if resume:
             loop.resume()
-        with meter.phase("training"):
+        with s.meter.phase("training"):
             losses = loop.run(loss_fn)
-        changed = frozen.changed()
-        trained = loop.finish()
-        tensors = {f"unet.{n}": trained[n] for n in params if n in changed}
+        tensors = loop.finish(frozen, prefix="unet.")
         logger.info("esd: %d of %d trained tensors changed", len(tensors), len(params))
         return self.trained_edit(
-            req, tensors, params, cost=meter.summary(), device=device, mixed_precision=mixed, num_processes=world,
+            s.request, tensors, params, cost=s.meter.summary(), device=device, mixed_precision=s.mixed,
+            num_processes=world,
             extra={
-                "resolution": resolution,
-                "prediction_type": kind,
+                "resolution": s.resolution,
+                "prediction_type": s.kind,
                 "global_batch_size": c.batch_size * world,
                 "loss_first": losses[0] if losses else None,
                 "loss_last": losses[-1] if losses else None,
-                "loss_mean_last_10pct": (sum(losses[-max(1, len(losses) // 10):]) / max(1, len(losses) // 10)) if losses else None,
+                "loss_mean_last_10pct": tail_mean(losses),
             },
         )
 
@@ -242,112 +211,35 @@ class ESD(ErasureMethod):
     def frozen_samples(self, pipe, request, n: int = 8) -> dict:
         """The first ``n`` planned samples (x_t, t, prompt index, target) from ``pipe`` as it is now."""
         c: ESDConfig = self.config
-        req = request.resolve(pipe)
-        resolution = c.resolution or native_resolution(pipe)
+        s = setup_model(pipe, request, c.resolution)
         ddim = ddim_for(pipe.scheduler, c.ddim_steps)
-        plan = self._plan(len(req.prompts), ddim, pipe.scheduler.config.num_train_timesteps)
-        encode = TextConditioner(pipe, resolution)
-        ac, kind = alphas_cumprod(pipe.scheduler, pipe.unet.device), prediction_type(pipe.scheduler)
-        idx = list(range(min(n, len(plan.depth))))
+        plan = self.plan(len(s.request.prompts), ddim, pipe.scheduler.config.num_train_timesteps,
+                         count=min(n, c.steps * c.batch_size))
         with torch.no_grad():
-            cond, uncond = encode(req.prompts), encode([""])
-            x_t, t, target = self._frozen_batch(pipe.unet, ddim, cond, uncond, plan, idx,
-                                                latent_shape(pipe, resolution), ac, kind)
-        return {"x_t": x_t, "t": t, "prompt": [plan.prompt[i] for i in idx], "target": target}
+            cond, uncond = s.encode(s.request.prompts), s.encode([""])
+            batch = self._frozen_batch(pipe.unet, ddim, cond, uncond, plan, s.shape, s.ac, s.kind)
+        return {"x_t": batch["x_t"], "t": batch["t"], "prompt": [p.prompt for p in plan], "target": batch["target"]}
 
     def loss(self, pipe, request, samples: dict) -> float:
         """ESD's loss of ``pipe`` (as it is now) on ``samples`` from ``frozen_samples``."""
-        req = request.resolve(pipe)
-        resolution = self.config.resolution or native_resolution(pipe)
-        ac, kind = alphas_cumprod(pipe.scheduler, pipe.unet.device), prediction_type(pipe.scheduler)
+        s = setup_model(pipe, request, self.config.resolution)
         with torch.no_grad():
-            cond = TextConditioner(pipe, resolution)(req.prompts)
+            cond = s.encode(s.request.prompts)
             out = unet_output(pipe.unet, samples["x_t"], samples["t"], cond.index(samples["prompt"]))
-            eps = eps_from_output(ac, out, samples["x_t"], samples["t"], kind)
+            eps = eps_from_output(s.ac, out, samples["x_t"], samples["t"], s.kind)
         return float(F.mse_loss(eps.float(), samples["target"].float()))
 
     # -- the data
-    def _plan(self, n_prompts: int, ddim, num_train_timesteps: int, num_processes: int = 1) -> _Plan:
+    def plan(self, n_prompts: int, ddim, num_train_timesteps: int, num_processes: int = 1,
+             count: int | None = None) -> list[TrajectoryPoint]:
+        """Every training sample (``steps * batch_size * num_processes``, or the first ``count``),
+        drawn up front: sample i from ``random.Random(f"esd/{seed}/{i}")`` (``erasure.sampling.draw_point``)."""
         c: ESDConfig = self.config
-        plan = _Plan([], [], [], [])
-        for i in range(c.steps * c.batch_size * num_processes):
-            rng = random.Random(f"esd/{c.seed}/{i}")
-            depth = rng.randrange(c.ddim_steps)
-            plan.prompt.append(rng.randrange(n_prompts))
-            plan.depth.append(depth)
-            plan.noise_seed.append(rng.randrange(2**31))
-            if c.timesteps == "matched":
-                plan.timestep.append(int(ddim.timesteps[depth]))
-            else:
-                lo = round(depth / c.ddim_steps * num_train_timesteps)
-                hi = round((depth + 1) / c.ddim_steps * num_train_timesteps)
-                plan.timestep.append(rng.randrange(lo, max(hi, lo + 1)))
-        return plan
+        n = c.steps * c.batch_size * num_processes if count is None else count
+        return draw_points(f"esd/{c.seed}", n, ddim, c.timesteps, num_train_timesteps, n_prompts)
 
-    def _frozen_batch(self, unet, ddim, cond, uncond, plan: _Plan, idx: list[int], shape, ac, kind):
-        """x_t, t and the ESD target for the samples ``idx``, from the frozen model."""
-        c: ESDConfig = self.config
-        prompt_cond = cond.index([plan.prompt[i] for i in idx])
-        x_t = sample_partial_trajectories(
-            unet, ddim, prompt_cond, uncond, [plan.depth[i] for i in idx], [plan.noise_seed[i] for i in idx],
-            shape, c.guidance,
-        )
-        t = torch.tensor([plan.timestep[i] for i in idx], device=x_t.device)
-        both = type(cond).cat([uncond.index([0] * len(idx)), prompt_cond])
-        out = unet_output(unet, torch.cat([x_t, x_t]), torch.cat([t, t]), both)
-        eps_u, eps_c = eps_from_output(ac, out, torch.cat([x_t, x_t]), torch.cat([t, t]), kind).float().chunk(2)
+    def _frozen_batch(self, unet, ddim, cond, uncond, points: list[TrajectoryPoint], shape, ac, kind) -> dict:
+        """x_t, t and the ESD target for ``points``, from the frozen model."""
+        out = frozen_predictions(unet, ddim, cond, uncond, points, shape, self.config.guidance, ac, kind)
         # cfg with scale -eta: eps_u - eta (eps_c - eps_u), ESD's negatively guided target.
-        return x_t, t, cfg(eps_u, eps_c, -c.eta)
-
-    def _precompute(self, unet, ddim, cond, uncond, plan: _Plan, mine: list[int], shape, ac, kind, progress) -> dict:
-        """x_t and targets for the samples ``mine`` (rows of tensors over the whole plan; other rows unset)."""
-        c: ESDConfig = self.config
-        n = len(plan.depth)
-        order = sorted(mine, key=lambda i: plan.depth[i])  # similar depths step together
-        x_all = torch.empty((n, *shape), dtype=cond.hidden.dtype)
-        target_all = torch.empty((n, *shape), dtype=torch.float32)
-        done = 0
-        if progress:
-            progress("sampling x_t", 0, len(order), {})
-        with torch.no_grad():
-            for start in range(0, n, c.precompute_batch):
-                idx = order[start:start + c.precompute_batch]
-                x_t, _, target = self._frozen_batch(unet, ddim, cond, uncond, plan, idx, shape, ac, kind)
-                x_all[idx] = x_t.cpu()
-                target_all[idx] = target.cpu()
-                done += len(idx)
-                if progress:
-                    progress("sampling x_t", done, len(order), {})
-        return {"x_t": x_all, "t": torch.tensor(plan.timestep), "target": target_all}
-
-    @staticmethod
-    def _gather_samples(data: dict, everyone: list[list[int]], state) -> None:
-        """Fill ``data``'s rows computed by other processes (``everyone[r]``: process r's rows, equal counts)."""
-        from accelerate.utils import gather
-
-        order = [i for rows in everyone for i in rows]  # gather concatenates in process order
-        mine = everyone[state.process_index]
-        for key in ("x_t", "target"):
-            data[key][order] = gather(data[key][mine].to(state.device)).cpu()
-
-    @staticmethod
-    def _save_data(checkpoint_dir: Path | None, data: dict) -> None:
-        if checkpoint_dir is None:
-            return
-        from safetensors.torch import save_file
-
-        from erasure.atomic import atomic_path
-
-        with atomic_path(checkpoint_dir / DATA_FILE) as tmp:
-            save_file({k: v.contiguous() for k, v in data.items()}, str(tmp))
-
-    @staticmethod
-    def _load_data(checkpoint_dir: Path | None, n: int) -> dict | None:
-        if checkpoint_dir is None or not (checkpoint_dir / DATA_FILE).is_file():
-            return None
-        from safetensors.torch import load_file
-
-        data = load_file(str(checkpoint_dir / DATA_FILE))
-        if set(data) != {"x_t", "t", "target"} or data["t"].shape[0] != n:
-            return None
-        return data
+        return {"x_t": out["x_t"], "t": out["t"], "target": cfg(out["eps_uncond"], out["eps_cond"], -self.config.eta)}

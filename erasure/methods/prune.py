@@ -4,7 +4,7 @@ Training-free. Memorized captions (or prompts with a concept) drive a small set 
 neurons that ordinary prompts barely use; zeroing the weights that read from them removes the
 memorized images (or the concept) and leaves the rest of the model alone.
 
-Algorithm (METHODS.md section 4; reference ``ruchikachavhan/concept-prune``, ``wanda/``):
+Algorithm (the paper's; reference ``ruchikachavhan/concept-prune``, ``wanda/``):
 
 1. Record. Forward pre-hooks on every transformer block's second feed-forward linear
    (``ff.net.2``, whose input is the GEGLU output) while the frozen model samples (DDIM, guidance
@@ -287,14 +287,8 @@ class Prune(ErasureMethod):
         unet_weights = sum(p.numel() for p in unet.parameters())
         logger.info("prune: zeroed %d weights (%.4f%% of the UNet) in %d layers", pruned,
                     100 * pruned / unet_weights, len(per_layer))
-        return Edit(
-            method=self.name,
-            config=c.to_dict(),
-            request=req.to_dict(),
-            tensors={},
-            base={},
-            seed=c.seed,
-            cost={**meter.summary(), "device": str(unet.device)},
+        return self.trained_edit(
+            req, {}, cost=meter.summary(), device=unet.device,
             zeroed={k: v for k, v in zeroed.items() if v.numel()},
             extra={
                 "pruned_weights": pruned,

@@ -32,7 +32,7 @@ The result is an ``Edit`` holding the generator's changed UNet tensors, with
 edited UNet is meaningless. The pipeline passed in is left holding the generator's weights.
 
 Implementation choices (reference: tqch/score-forgetting-distillation, ``SD/training/training_loop.py``
-and ``sd_util.py``, run with ``run_sfd.sh``; METHODS.md section 3):
+and ``sd_util.py``, run with ``run_sfd.sh``):
 
 - Timesteps. The reference's ``t* = 625`` and ``t ~ U[20, 980)`` are for SD's schedule; its CIFAR-10
   DDPM config uses ``t* = 440`` and ``[38, 712)`` on a linear schedule. Both sets have the same
@@ -74,7 +74,9 @@ and ``sd_util.py``, run with ``run_sfd.sh``; METHODS.md section 3):
   Gradient checkpointing (``gradient_checkpointing``) applies to all three UNets, since the
   generator step back-propagates through the teacher and f_psi as well. Peak memory is measured
   (``CostMeter``); bench/sd_scale.py and bench/sd_memory.py measure it at SD 1.5's size.
-- Checkpoints hold both networks, both optimisers, the fp16 loss scaler state and the losses.
+- Checkpoints hold both networks, both optimisers, the fp16 loss scaler state and the losses: state
+  tracked by an ``erasure.training.TrainLoop`` (``track``) whose steps (``run_steps``) update the
+  two networks themselves.
 - Several processes (``accelerate launch``): data-parallel as ESD; both networks' gradients are
   averaged over the processes every step.
 """
@@ -100,23 +102,24 @@ from erasure.diffusion import (
     eps_from_output,
     initial_noise,
     latent_shape,
-    native_resolution,
     prediction_type,
     unet_output,
     x0_from_output,
 )
-from erasure.edit import Edit
+from erasure.edit import CHECKPOINT_DIR, Edit
 from erasure.errors import ErasureInputError
 from erasure.one_step import SAMPLER, generator_x0
 from erasure.training import (
     MIXED_PRECISION,
-    CostMeter,
+    ParameterState,
+    TrainLoop,
     ZeroBeta1Adam,
     adam,
-    make_accelerator,
-    process_state,
-    resolve_mixed_precision,
+    average_gradients,
+    mean_over_processes,
+    setup_run,
     step_in_backward,
+    tail_mean,
 )
 
 from .base import ErasureMethod, MethodConfig
@@ -125,7 +128,8 @@ from .registry import register
 logger = logging.getLogger(__name__)
 
 FORGET_SETS = ("prompts", "prompts+paraphrases")
-CHECKPOINT_FILE = "checkpoint.pt"
+#: The per-step losses the loop records (and the progress shows).
+LOSSES = ("fake_loss", "generator_loss")
 #: The reference's timesteps on Stable Diffusion's schedule; other schedules match their alpha_bar.
 REFERENCE_TIMESTEPS = {"t_min": 20, "t_star": 625, "t_max": 980}
 
@@ -404,31 +408,22 @@ class SFD(ErasureMethod):
 
     def __call__(self, pipe, request, *, run_dir=None, resume: bool = False, progress=None) -> Edit:
         c: SFDConfig = self.config
-        req = request.resolve(pipe)
-        sets = prompt_sets(req, c.forget_set)
-        teacher = pipe.unet
-        device = teacher.device
+        s = setup_run(pipe, request, run_dir, resolution=c.resolution, mixed_precision=c.mixed_precision)
+        sets = prompt_sets(s.request, c.forget_set)
         times = resolve_timesteps(c, pipe.scheduler)
-        mixed = resolve_mixed_precision(c.mixed_precision, teacher.dtype, device)
-        meter = CostMeter(device)
-        state = process_state(cpu=device.type == "cpu")
-        resolution = c.resolution or native_resolution(pipe)
-        run = _Run(self, pipe, sets, times, mixed, resolution, state, run_dir)
+        run = _Run(self, pipe, sets, times, s.mixed, s.resolution, s.state, run_dir, progress)
         try:
             if resume:
                 run.resume()
-            with meter.phase("training"):
-                run.train(progress)
+            with s.meter.phase("training"):
+                run.train()
             run.drop_training_state()  # the fake network and both optimisers: memory for the edit's tensors
             tensors = run.changed_generator_tensors()
             extra = run.summary()
         finally:
             run.close()
-        edit = Edit(
-            method=self.name, config=c.to_dict(), request=req.to_dict(), tensors=tensors, base={}, seed=c.seed,
-            cost={**meter.summary(), "device": str(device), "mixed_precision": mixed, "num_processes": state.num_processes},
-            extra=extra,
-        )
+        edit = self.trained_edit(s.request, tensors, cost=s.meter.summary(), device=s.device, mixed_precision=s.mixed,
+                                 num_processes=s.world, extra=extra)
         edit.apply(pipe)  # the pipeline passed in holds the generator now (sample it with OneStepPipeline)
         logger.info("sfd: %d generator tensors changed; t* = %d", len(tensors), times["t_star"])
         return edit
@@ -438,7 +433,7 @@ class _Run:
     """The state of one SFD run: networks, optimisers, data plan, losses, checkpoints."""
 
     def __init__(self, method: SFD, pipe, sets: PromptSets, times: dict[str, int], mixed: str, resolution: int,
-                 state, run_dir) -> None:
+                 state, run_dir, progress=None) -> None:
         c: SFDConfig = method.config
         self.c, self.pipe, self.sets, self.times, self.mixed, self.state = c, pipe, sets, times, mixed, state
         self.teacher = pipe.unet
@@ -447,10 +442,7 @@ class _Run:
         self.ac = alphas_cumprod(pipe.scheduler, self.device)
         self.shape = latent_shape(pipe, resolution)
         self.resolution = resolution
-        self.checkpoint_path = Path(run_dir) / "checkpoint" / CHECKPOINT_FILE if run_dir is not None else None
         self.world, self.rank = state.num_processes, state.process_index
-        self.start_step = 0
-        self.losses: dict[str, list[float]] = {"fake": [], "generator": []}
         self.kappa = c.guidances()
 
         texts = sets.texts(c.negative_prompt)
@@ -466,7 +458,13 @@ class _Run:
         self.fake = self._copy_of_teacher()
         if c.generator_init:
             self._load_generator_init(c.generator_init)
-        self.accelerator = make_accelerator(mixed, self.device)
+        self.loop = TrainLoop(
+            None, None, steps=c.steps, device=self.device, mixed_precision=mixed,
+            gradient_checkpointing=c.gradient_checkpointing, checkpointed=(self.generator, self.fake, self.teacher),
+            checkpoint_dir=Path(run_dir) / CHECKPOINT_DIR if run_dir is not None else None,
+            checkpoint_every=c.checkpoint_every, progress=progress, stage="training",
+        )
+        self.accelerator = self.loop.accelerator
         eps = c.adam_eps if c.adam_eps is not None else (1e-6 if mixed == "fp16" else 1e-8)  # the reference's
         betas = tuple(c.adam_betas)
         opt_g = adam(self.generator.parameters(), lr=c.generator_lr, betas=betas, eps=eps)
@@ -477,12 +475,13 @@ class _Run:
         whole_steps = c.micro_batch_size is None or c.micro_batch_size >= 2 * c.batch_size  # no accumulation
         self.in_backward = (c.optimizer_in_backward and isinstance(opt_g, ZeroBeta1Adam) and mixed != "fp16"
                             and self.world == 1 and whole_steps)
-        self.checkpointing = []
-        if c.gradient_checkpointing:
-            for unet in (self.generator, self.fake, self.teacher):
-                if getattr(unet, "_supports_gradient_checkpointing", False) and not unet.is_gradient_checkpointing:
-                    unet.enable_gradient_checkpointing()
-                    self.checkpointing.append(unet)
+        # Checkpointed and resumed exactly: both networks, both optimisers, the fp16 loss scaler.
+        self.loop.track("generator", ParameterState(dict(self.generator.named_parameters())))
+        self.loop.track("fake", ParameterState(dict(self.fake.named_parameters())))
+        self.loop.track("generator_optimizer", self.opt_g)
+        self.loop.track("fake_optimizer", self.opt_f)
+        if self.accelerator.scaler is not None:
+            self.loop.track("scaler", self.accelerator.scaler)
 
     def _copy_of_teacher(self) -> torch.nn.Module:
         # float32 master weights whatever the pipeline's dtype; autocast runs the forward in half precision.
@@ -588,8 +587,9 @@ class _Run:
         """Average over processes, clean and clip the accumulated gradients, then step."""
         acc = self.accelerator
         if self.world > 1:
-            self._average_gradients(params)
-            loss = self._mean(loss.to(self.device))
+            # A process with no finite sample has no gradients: zeros keep the collectives matched.
+            average_gradients(params, fill_missing=True)
+            loss = mean_over_processes(loss.to(self.device).float())
         if all(p.grad is None for p in params):
             logger.warning("sfd: every sample of this step was NaN/inf; step skipped")
             optimizer.zero_grad(set_to_none=True)
@@ -604,74 +604,17 @@ class _Run:
         optimizer.zero_grad(set_to_none=True)
         return float(loss)
 
-    def _average_gradients(self, params: list[torch.nn.Parameter]) -> None:
-        import torch.distributed as dist
-
-        for p in params:
-            if p.grad is None:  # a process with no finite sample: zeros keep the collectives matched
-                p.grad = torch.zeros_like(p)
-            dist.all_reduce(p.grad)
-            p.grad.div_(self.world)
-
-    def _mean(self, value: torch.Tensor) -> torch.Tensor:
-        import torch.distributed as dist
-
-        value = value.float().clone().reshape(1)
-        dist.all_reduce(value)
-        return value[0] / self.world
-
     # -- the loop
-    def train(self, progress=None) -> None:
-        steps = self.c.steps
-        if progress:
-            progress("training", self.start_step, steps, {})
-        for step in range(self.start_step, steps):
-            self.losses["fake"].append(self.fake_step(step))
-            self.losses["generator"].append(self.generator_step(step))
-            done = step + 1
-            if self.c.checkpoint_every and done % self.c.checkpoint_every == 0 and done < steps:
-                self.save_checkpoint(done)
-            if progress:
-                progress("training", done, steps, {"fake_loss": self.losses["fake"][-1],
-                                                   "generator_loss": self.losses["generator"][-1]})
+    def train(self) -> None:
+        """Every step: the fake-score network's update, then the generator's (each fills and applies
+        its own gradients), through the loop's checkpoints and progress."""
+        def step(i: int) -> dict[str, float]:
+            return {"fake_loss": self.fake_step(i), "generator_loss": self.generator_step(i)}
 
-    def save_checkpoint(self, step: int) -> None:
-        if self.checkpoint_path is None or not self.state.is_main_process:
-            return
-        from erasure.atomic import atomic_path
-
-        scaler = self.accelerator.scaler
-        state = {
-            "step": step,
-            "generator": {n: p.detach().cpu() for n, p in self.generator.named_parameters()},
-            "fake": {n: p.detach().cpu() for n, p in self.fake.named_parameters()},
-            "generator_optimizer": self.opt_g.state_dict(),
-            "fake_optimizer": self.opt_f.state_dict(),
-            "scaler": scaler.state_dict() if scaler is not None else None,
-            "losses": {k: list(v) for k, v in self.losses.items()},
-        }
-        with atomic_path(self.checkpoint_path) as tmp:
-            torch.save(state, tmp)
+        self.loop.run_steps(step, record=LOSSES)
 
     def resume(self) -> int:
-        if self.checkpoint_path is None or not self.checkpoint_path.is_file():
-            return 0
-        state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
-        for key, net in (("generator", self.generator), ("fake", self.fake)):
-            params = dict(net.named_parameters())
-            if sorted(state[key]) != sorted(params):
-                raise ErasureInputError(f"{self.checkpoint_path}: the checkpoint's {key} network has other tensors than this UNet")
-            with torch.no_grad():
-                for n, p in params.items():
-                    p.copy_(state[key][n])
-        self.opt_g.load_state_dict(state["generator_optimizer"])
-        self.opt_f.load_state_dict(state["fake_optimizer"])
-        if state.get("scaler") is not None and self.accelerator.scaler is not None:
-            self.accelerator.scaler.load_state_dict(state["scaler"])
-        self.losses = {k: list(v) for k, v in state["losses"].items()}
-        self.start_step = int(state["step"])
-        logger.info("sfd: resumed from %s at step %d", self.checkpoint_path, self.start_step)
-        return self.start_step
+        return self.loop.resume()
 
     # -- the result
     def changed_generator_tensors(self) -> dict[str, torch.Tensor]:
@@ -691,10 +634,7 @@ class _Run:
         self.fake = self.opt_g = self.opt_f = None
 
     def summary(self) -> dict:
-        def tail(values: list[float]) -> float | None:
-            finite = [v for v in values[-max(1, len(values) // 10):] if math.isfinite(v)]
-            return sum(finite) / len(finite) if finite else None
-
+        losses = {k: self.loop.history.get(k, []) for k in LOSSES}
         return {
             "sampler": SAMPLER,
             "t_star": self.times["t_star"],
@@ -711,16 +651,14 @@ class _Run:
             "generator_parameters": int(sum(p.numel() for p in self.generator.parameters())),
             "optimizer": "adam without first moment (beta1 0)" if self.c.adam_betas[0] == 0 else "adam",
             "optimizer_in_backward": self.in_backward,
-            "resumed_from_step": self.start_step,  # > 0: the cost's wall time covers the steps from here on only
-            "fake_loss_first": self.losses["fake"][0] if self.losses["fake"] else None,
-            "fake_loss_mean_last_10pct": tail(self.losses["fake"]),
-            "generator_loss_first": self.losses["generator"][0] if self.losses["generator"] else None,
-            "generator_loss_mean_last_10pct": tail(self.losses["generator"]),
+            "resumed_from_step": self.loop.start_step,  # > 0: the cost's wall time covers the steps from here on only
+            "fake_loss_first": losses["fake_loss"][0] if losses["fake_loss"] else None,
+            "fake_loss_mean_last_10pct": tail_mean(losses["fake_loss"]),
+            "generator_loss_first": losses["generator_loss"][0] if losses["generator_loss"] else None,
+            "generator_loss_mean_last_10pct": tail_mean(losses["generator_loss"]),
         }
 
     def close(self) -> None:
-        for unet in self.checkpointing:
-            unet.disable_gradient_checkpointing()
         self.accelerator.free_memory()
         self.generator = self.fake = self.opt_g = self.opt_f = None
         if self.device.type == "cuda":
