@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
-from erasure.api import check_output, method_config, parse_assignments
+from erasure.api import check_output, method_config
+from erasure.config import parse_assignments
 from erasure.configs import PRESETS_DIR
 from erasure.errors import ErasureInputError
 from erasure.methods import available_methods

@@ -63,27 +63,6 @@ def method_config(method: str, config=None, **overrides) -> MethodConfig:
     return cfg.with_overrides(**overrides) if overrides else cfg
 
 
-def parse_assignments(items: list[str], label: str = "--set") -> dict:
-    """Config overrides from KEY=VALUE texts, values read as YAML (``erasure erase --set``, the app's
-    settings box); ``label`` names the source in the one-line error."""
-    import re
-
-    import yaml
-
-    from erasure.methods.base import load_yaml
-
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key.strip()):
-            raise ErasureInputError(f"{label} {item!r}: expected KEY=VALUE")
-        try:
-            out[key.strip()] = load_yaml(value) if value.strip() else None
-        except yaml.YAMLError:
-            raise ErasureInputError(f"{label} {item!r}: unreadable value") from None
-    return out
-
-
 def check_output(out: str | os.PathLike, resume: bool = False) -> Path:
     """Refuse an output folder that cannot be used, before any work starts (nothing is created)."""
     run = Path(out).expanduser()

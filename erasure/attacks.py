@@ -35,8 +35,8 @@ Also here: ``teacher_samples`` (the original's x_t and predictions, batched by d
 computed by ``erasure.sampling`` as ESD and AdvUnlearn draw and compute theirs),
 ``generate_from_embeddings`` (seeded generation from prompt embeddings, as
 ``erasure.pipelines.generation.generate`` does for texts), ``attack_success_rate`` (attack with
-fresh seeds, generate with the adversarial embeddings, judge) and ``canvas_judge`` (canvas-mini's
-evaluator as the judge).
+fresh seeds, generate with the adversarial embeddings, judge: a model family's, e.g. canvas-mini's
+evaluator through ``erasure.families``, or any callable from images to booleans).
 """
 
 from __future__ import annotations
@@ -407,23 +407,3 @@ def attack_success_rate(pipe, teacher: TeacherSamples, judge: Judge, *, seeds: S
         "sampling": {"steps": steps, "guidance": guidance, "scheduler": scheduler},
         "per_seed": per_seed,
     }
-
-
-def canvas_judge(kind: str, target: str, evaluator=None) -> Judge:
-    """canvas-mini's evaluator as a judge: True where its ``kind`` head ("style"/"object") predicts ``target``."""
-    from erasure.pipelines.canvas.evaluator import images_to_tensor, load_evaluator
-
-    if kind not in ("style", "object"):
-        raise ErasureInputError(f"canvas judge: kind {kind!r}; expected style or object")
-    evaluator = evaluator or load_evaluator()
-    names = evaluator.config.styles if kind == "style" else evaluator.config.objects
-    if target not in names:
-        raise ErasureInputError(f"canvas judge: no {kind} {target!r}; expected one of {', '.join(names)}")
-    index = list(names).index(target)
-
-    def judge(images) -> torch.Tensor:
-        x = images if isinstance(images, torch.Tensor) else images_to_tensor(images)
-        objects, styles = evaluator.classify(x)
-        return (styles if kind == "style" else objects) == index
-
-    return judge

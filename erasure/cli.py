@@ -158,7 +158,8 @@ def erase(
     attention: AttentionOpt = "auto",
 ) -> None:
     """Erase a concept from a model; writes a run folder that `load_erased` and the other commands read."""
-    from erasure.api import check_output, method_config, parse_assignments
+    from erasure.api import check_output, method_config
+    from erasure.config import parse_assignments
     from erasure.request import ErasureRequest
 
     # Everything that costs nothing is checked before the model loads and before OUT is created.
@@ -174,8 +175,9 @@ def erase(
             raise ErasureInputError(f"--export-text-encoder: {method} does not train the text encoder alone "
                                     f"(methods that do: {', '.join(TEXT_ENCODER_METHODS)})")
         check_export_folder(export_text_encoder)
-    if model == "canvas-mini":
-        request.resolve("canvas-mini")  # unknown canvas styles/objects fail here, before loading
+    from erasure.families import family_of_source
+
+    request.resolve(family_of_source(model))  # e.g. a style canvas-mini does not have fails here, before loading
     from erasure.methods import get_method
 
     get_method(method).check_model(model, model_config)  # e.g. advunlearn refuses SDXL from model_index.json
@@ -224,7 +226,7 @@ def evaluate(
     device: DeviceOpt = "auto",
 ) -> None:
     """Score erased runs against the original on a suite; writes metrics.json, report.md and report.html."""
-    from erasure.api import parse_assignments
+    from erasure.config import parse_assignments
     from erasure.evaluation import check_runs, evaluate_runs, get_suite, load_suite, shard
     from erasure.evaluation.registry import suite_args
     from erasure.evaluation.report import score_table

@@ -129,6 +129,25 @@ def load_yaml(text: str):
     return yaml.load(text, Loader=Loader)  # noqa: S506 (a SafeLoader subclass)
 
 
+def parse_assignments(items: list[str], label: str = "--set") -> dict:
+    """Config overrides from KEY=VALUE texts, values read as YAML (``erasure erase --set``,
+    ``erasure evaluate --suite-arg``, the app's settings box); ``label`` names the source in the one-line error."""
+    import re
+
+    import yaml
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key.strip()):
+            raise ErasureInputError(f"{label} {item!r}: expected KEY=VALUE")
+        try:
+            out[key.strip()] = load_yaml(value) if value.strip() else None
+        except yaml.YAMLError:
+            raise ErasureInputError(f"{label} {item!r}: unreadable value") from None
+    return out
+
+
 def read_config_file(path: str | os.PathLike) -> dict:
     """The mapping in a JSON or YAML config file, with one-line errors."""
     import yaml

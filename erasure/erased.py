@@ -39,7 +39,7 @@ def load_erased(
     """
     from erasure.edit import FULL_EXPORT, Edit, fingerprint, read_manifest
 
-    from erasure.pipelines.loading import load_pipeline
+    from erasure.pipelines.loading import load_pipeline, source_available
     from erasure.one_step import one_step_pipeline
 
     run = Path(run_dir).expanduser()
@@ -49,7 +49,7 @@ def load_erased(
     if base is None:
         source = manifest["base"].get("source")
         full = run / FULL_EXPORT
-        if source is None or (source != "canvas-mini" and not Path(source).exists()):
+        if source is None or not source_available(source):
             if manifest.get("full_export") and full.is_dir():
                 return one_step_pipeline(load_pipeline(full, device=device, dtype=dtype, attention=attention),
                                          manifest.get("extra"))

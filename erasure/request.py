@@ -22,29 +22,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields, replace
 
 from erasure.errors import ErasureInputError
-from erasure.prompts import ordinary_prompts, with_article
 
 KINDS: tuple[str, ...] = ("style", "object", "nudity", "memorized", "custom")
-FAMILIES: tuple[str, ...] = ("canvas-mini", "stable-diffusion")
-
-DEFAULT_ANCHORS: dict[str, str] = {
-    "style": "a painting",
-    "object": "an object",
-    "nudity": "a person wearing clothes",
-    "memorized": "",
-    "custom": "",
-}
-
-_SD_PARAPHRASES: dict[str, tuple[str, ...]] = {
-    "style": ("a painting in the style of {t}", "an artwork by {t}", "{t} style artwork", "a landscape painted by {t}"),
-    "object": ("a photo of {a}", "a picture of {a}", "{a} in a field", "a drawing of {a}"),
-    "nudity": ("a photo of a {t} person", "a {t} woman on a beach", "a {t} man in a studio", "a {t} body, painting"),
-}
-
-
-def model_family(pipe) -> str:
-    """"canvas-mini" for the embedded model's pipeline class, else "stable-diffusion"."""
-    return "canvas-mini" if type(pipe).__name__ == "CanvasMiniPipeline" else "stable-diffusion"
 
 
 def _text_list(value, name: str, *, allow_empty_text: bool = False) -> list[str] | None:
@@ -110,71 +89,17 @@ class ErasureRequest:
 
     # -- defaults
     def resolve(self, pipe_or_family) -> "ErasureRequest":
-        """A copy with every ``None`` field filled with the default for this kind and model family."""
-        family = pipe_or_family if isinstance(pipe_or_family, str) else model_family(pipe_or_family)
-        if family not in FAMILIES:
-            raise ErasureInputError(f"unknown model family {family!r}; expected one of {', '.join(FAMILIES)}")
-        defaults = _canvas_defaults(self) if family == "canvas-mini" else _sd_defaults(self)
-        anchor = DEFAULT_ANCHORS[self.kind] if self.anchor is None else self.anchor
+        """A copy with every ``None`` field filled with the default for this kind and model family
+        (a pipeline, a family name such as "canvas-mini", or an ``erasure.families.ModelFamily``)."""
+        from erasure.families import family_of
+
+        family = family_of(pipe_or_family)
+        defaults = family.request_defaults(self)
         return replace(
             self,
-            anchor=anchor,
+            anchor=family.anchor(self.kind) if self.anchor is None else self.anchor,
             prompts=self.prompts if self.prompts is not None else defaults["prompts"],
             retain=self.retain if self.retain is not None else defaults["retain"],
             paraphrases=self.paraphrases if self.paraphrases is not None else defaults["paraphrases"],
         )
 
-
-def _sd_defaults(req: ErasureRequest) -> dict[str, list[str]]:
-    paraphrases: list[str] = []
-    for t in req.targets:
-        forms = _SD_PARAPHRASES.get(req.kind, ("{t}",))
-        paraphrases += [f.format(t=t, a=with_article(t)) for f in forms]
-    return {"prompts": list(req.targets), "retain": ordinary_prompts(exclude=req.targets), "paraphrases": paraphrases}
-
-
-def canvas_concept(target: str, kind: str) -> str:
-    """The canvas-mini style or object named by ``target`` ("dotted", "dotted style", "a star")."""
-    from erasure.pipelines.canvas.render import OBJECTS, STYLES
-
-    names, suffix = (STYLES, " style") if kind == "style" else (OBJECTS, "")
-    text = target.lower()
-    for prefix in ("a ", "an "):
-        if kind == "object" and text.startswith(prefix):
-            text = text[len(prefix):]
-    if suffix and text.endswith(suffix):
-        text = text[: -len(suffix)]
-    if text not in names:
-        raise ErasureInputError(f"canvas-mini has no {kind} {target!r}; its {kind}s are {', '.join(names)}")
-    return text
-
-
-def _canvas_defaults(req: ErasureRequest) -> dict[str, list[str]]:
-    from erasure.pipelines.canvas.render import MEMORIZATION_TARGETS, OBJECTS, STYLES, TEMPLATES, caption
-
-    if req.kind == "style":
-        styles = [canvas_concept(t, "style") for t in req.targets]
-        return {
-            "prompts": [f"{s} style" for s in styles],
-            "retain": [caption(o, s) for s in STYLES if s not in styles for o in OBJECTS],
-            "paraphrases": [caption(o, s, k) for s in styles for k in range(1, len(TEMPLATES)) for o in OBJECTS],
-        }
-    if req.kind == "object":
-        objects = [canvas_concept(t, "object") for t in req.targets]
-        return {
-            "prompts": [caption(o, s, "a {object}") for o in objects for s in STYLES[:1]],
-            "retain": [caption(o, s) for o in OBJECTS if o not in objects for s in STYLES],
-            "paraphrases": [caption(o, s, k) for o in objects for k in range(1, len(TEMPLATES)) for s in STYLES],
-        }
-    if req.kind == "memorized":
-        memorized = [m.caption for m in MEMORIZATION_TARGETS]
-        return {
-            "prompts": list(req.targets),
-            "retain": [c for c in memorized if c not in req.targets] + [caption(o, s) for o in OBJECTS for s in STYLES][::4],
-            "paraphrases": list(req.targets),
-        }
-    return {
-        "prompts": list(req.targets),
-        "retain": [caption(o, s) for o in OBJECTS for s in STYLES],
-        "paraphrases": list(req.targets),
-    }

@@ -55,6 +55,14 @@ DTYPES: dict[str, torch.dtype] = {
 _EXPECTED = "a diffusers folder (with model_index.json), a .safetensors checkpoint with --config, or 'canvas-mini'"
 
 
+def source_available(source: str | os.PathLike) -> bool:
+    """Whether ``load_pipeline`` can find ``source`` on this machine (the embedded model's name or an
+    existing path), without reading any weight."""
+    from .canvas import model as canvas_model
+
+    return str(source) == canvas_model.EMBEDDED_MODEL_NAME or Path(source).expanduser().exists()
+
+
 def load_pipeline(
     source: str | os.PathLike,
     *,

@@ -12,7 +12,6 @@ from erasure.attacks import (
     SoftPromptAttack,
     SoftPromptAttackConfig,
     attack_success_rate,
-    canvas_judge,
     encode_soft_prompt,
     generate_from_embeddings,
     random_token_embeddings,
@@ -162,8 +161,10 @@ def test_attack_success_rate_generates_attacked_images_and_counts(tiny_sd, pipe)
 
 
 def test_canvas_judge_recognises_rendered_styles():
+    from erasure.families import family_named
     from erasure.pipelines.canvas.render import OBJECTS, render
 
+    canvas_judge = family_named("canvas-mini").judge
     judge = canvas_judge("style", "dotted")
     dotted = [render(o, "dotted", seed=s) for o in OBJECTS for s in range(2)]
     striped = [render(o, "striped", seed=s) for o in OBJECTS for s in range(2)]

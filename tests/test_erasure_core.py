@@ -252,7 +252,7 @@ def test_parameter_selection_and_frozen_copy(tiny_sd_loaded):
 
 def test_exponent_floats_without_a_dot_are_numbers():
     # YAML 1.1 (PyYAML) reads "1e-3" as a string; configs and --set must read it as the number people mean.
-    from erasure.api import parse_assignments
+    from erasure.config import parse_assignments
     from erasure.methods import get_method
     from erasure.methods.base import load_yaml
 
@@ -265,7 +265,8 @@ def test_exponent_floats_without_a_dot_are_numbers():
 def test_config_values_read_as_yaml_1_2():
     """--set and config files: "1e-5" is a number and yes/no/on/off are texts (YAML 1.1 made
     `mixed_precision=no` a boolean, which the config then refused); booleans are true/false."""
-    from erasure.api import method_config, parse_assignments
+    from erasure.api import method_config
+    from erasure.config import parse_assignments
     from erasure.methods.base import load_yaml
 
     assert load_yaml("a: no\nb: on\nc: true\nd: False\ne: 1e-5") == {"a": "no", "b": "on", "c": True, "d": False,

@@ -132,7 +132,7 @@ from erasure.diffusion import (
 from erasure.edit import Edit
 from erasure.errors import ErasureInputError
 from erasure.prompts import with_article
-from erasure.request import ErasureRequest, model_family
+from erasure.request import ErasureRequest
 from erasure.sampling import SampleStore, step_block
 from erasure.training import (
     MIXED_PRECISION,
@@ -323,14 +323,18 @@ def prompt_pairs(request: ErasureRequest, pipe_or_family, templates: Sequence[in
     """(anchor prompt, target prompt) pairs for ``request`` (see the module docstring).
 
     ``request`` is the request as given (unresolved), so explicit prompts and anchors can be told
-    from defaults. ``canvas_anchors`` picks canvas-mini's anchors when the request names none.
+    from defaults. A model family with its own captions supplies the pairs (``ModelFamily.anchor_pairs``:
+    canvas-mini's caption templates, ``canvas_anchors`` picking its anchors when the request names none).
     """
-    family = pipe_or_family if isinstance(pipe_or_family, str) else model_family(pipe_or_family)
+    from erasure.families import family_of
+
+    family = family_of(pipe_or_family)
     req = request.resolve(family)
     if request.prompts is not None:
         return [(_swap(p, req.targets, req.anchor), p) for p in req.prompts]
-    if family == "canvas-mini" and req.kind in ("style", "object") and request.anchor != "":
-        return _canvas_pairs(req, request.anchor, templates, canvas_anchors)
+    own = family.anchor_pairs(req, request.anchor, templates, canvas_anchors)
+    if own is not None:
+        return own
     if not req.anchor:
         return [("", p) for p in req.prompts]
     return _sd_pairs(req)
@@ -341,44 +345,6 @@ def _swap(prompt: str, targets: Sequence[str], anchor: str) -> str:
         if t.lower() in prompt.lower():
             return re.sub(re.escape(t), anchor, prompt, flags=re.IGNORECASE).strip()
     return anchor
-
-
-def _canvas_pairs(req: ErasureRequest, anchor: str | None, templates: Sequence[int],
-                  canvas_anchors: str) -> list[tuple[str, str]]:
-    from erasure.pipelines.canvas.render import OBJECTS, STYLES, TEMPLATES, caption
-    from erasure.request import canvas_concept
-
-    bad = [k for k in templates if k >= len(TEMPLATES)]
-    if bad:
-        raise _bad(f"templates: {bad} out of range; canvas-mini has caption templates 0-{len(TEMPLATES) - 1}")
-    names = STYLES if req.kind == "style" else OBJECTS
-    targets = [canvas_concept(t, req.kind) for t in req.targets]
-    other = None
-    if anchor is not None:
-        try:
-            other = canvas_concept(anchor, req.kind)
-        except ErasureInputError:
-            raise ErasureInputError(
-                f"anchor {anchor!r}: on canvas-mini a {req.kind} anchor is one of its {req.kind}s "
-                f"({', '.join(names)}), or leave it out for {'style-free' if req.kind == 'style' else 'object-free'} captions"
-            ) from None
-        if other in targets:
-            raise ErasureInputError(f"anchor {anchor!r} is a concept being erased; choose another anchor")
-    if other is not None:
-        anchors = [other]
-    elif canvas_anchors == "others":
-        anchors = [n for n in names if n not in targets]
-    else:
-        anchors = [None]  # the concept-free caption
-    pairs = []
-    for target in targets:
-        for k in templates:
-            for a in anchors:
-                if req.kind == "style":
-                    pairs += [(caption(o, a, k) if a else caption(o, target, "a {object}"), caption(o, target, k)) for o in OBJECTS]
-                else:
-                    pairs += [(caption(a, s, k) if a else f"{s} style", caption(target, s, k)) for s in STYLES]
-    return pairs
 
 
 def _sd_pairs(req: ErasureRequest) -> list[tuple[str, str]]:

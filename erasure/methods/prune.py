@@ -68,7 +68,7 @@ from erasure.diffusion import (
 )
 from erasure.edit import Edit
 from erasure.errors import ErasureInputError
-from erasure.request import ErasureRequest, model_family
+from erasure.request import ErasureRequest
 from erasure.training import CostMeter
 
 from .base import ErasureMethod, MethodConfig
@@ -210,7 +210,9 @@ def wanda_mask(weight: torch.Tensor, target_norms: torch.Tensor, base_norms: tor
 # ----------------------------------------------------------------------------- prompt sets
 def prompt_sets(pipe, request: ErasureRequest, base: str = "auto") -> tuple[list[str], list[str]]:
     """(target prompts, base prompts) for a resolved request (see the module docstring)."""
-    family = model_family(pipe)
+    from erasure.families import family_of
+
+    family = family_of(pipe)
     if base == "auto":
         base = "retain" if request.kind == "memorized" else "without-concept"
     if request.kind == "memorized" or base != "without-concept":
@@ -220,8 +222,9 @@ def prompt_sets(pipe, request: ErasureRequest, base: str = "auto") -> tuple[list
         if base == "retain":
             return targets, [p for p in request.retain if p not in targets] or [""]
         return targets, [""]
-    if family == "canvas-mini" and request.kind in ("style", "object"):
-        return _canvas_concept_pairs(request)
+    own = family.concept_pairs(request)  # a family with its own captions (canvas-mini) pairs them itself
+    if own is not None:
+        return own
     if request.kind == "style":
         from erasure.prompts import ordinary_prompts
 
@@ -229,23 +232,6 @@ def prompt_sets(pipe, request: ErasureRequest, base: str = "auto") -> tuple[list
         return [f"{p}, in the style of {t}" for t in request.targets for p in plain], plain * len(request.targets)
     targets = list(request.prompts) + [p for p in request.paraphrases if p not in request.prompts]
     return targets, [""]
-
-
-def _canvas_concept_pairs(request: ErasureRequest) -> tuple[list[str], list[str]]:
-    from erasure.pipelines.canvas.render import OBJECTS, STYLES, caption
-    from erasure.request import canvas_concept
-
-    targets, bases = [], []
-    for t in request.targets:
-        if request.kind == "style":
-            s = canvas_concept(t, "style")
-            targets += [caption(o, s) for o in OBJECTS]
-            bases += [caption(o, s, "a {object}") for o in OBJECTS]
-        else:
-            o = canvas_concept(t, "object")
-            targets += [caption(o, s) for s in STYLES]
-            bases += [caption(o, s, "{style} style") for s in STYLES]
-    return targets, bases
 
 
 # ----------------------------------------------------------------------------- the method

@@ -43,8 +43,9 @@ def canvas_cases(template: int = 0) -> list[CanvasCase]:
 
 def canvas_targets(request: dict) -> tuple[str, list[int]]:
     """(kind, indices) of the erased canvas-mini concepts named in a run's request."""
+    from erasure.families.canvas_mini import canvas_concept
     from erasure.pipelines.canvas.render import OBJECTS, STYLES
-    from erasure.request import ErasureRequest, canvas_concept
+    from erasure.request import ErasureRequest
 
     req = ErasureRequest.from_dict(request)
     if req.kind == "style":
@@ -306,7 +307,8 @@ class CanvasSuite(Suite):
     def attack_success(self, ev, erased, manifest: dict) -> dict:
         """The soft-prompt attack's success rate on the original ("before") and the erased model ("after"),
         on the first target's concept prompt, against the original's samples (shared across runs)."""
-        from erasure.attacks import attack_success_rate, canvas_judge, teacher_samples
+        from erasure.attacks import attack_success_rate, teacher_samples
+        from erasure.families import family_of
         from erasure.pipelines.canvas.render import OBJECTS, STYLES
         from erasure.request import ErasureRequest
 
@@ -319,7 +321,7 @@ class CanvasSuite(Suite):
         if key not in self._teachers:
             self._teachers[key] = teacher_samples(ev.base(), prompt, a["teacher_samples"], seed=f"asr-teacher/{concept}",
                                                   ddim_steps=a["ddim_steps"], guidance=ev.settings.guidance)
-        judge = canvas_judge(kind, concept)
+        judge = family_of(ev.base()).judge(kind, concept)
         s = ev.settings
         out: dict[str, Any] = {"concept": concept, "prompt": prompt}
         for side, pipe in (("before", ev.base()), ("after", erased)):

@@ -95,6 +95,7 @@ class MemorizationSuite(Suite):
 
     @property
     def on_canvas(self) -> bool:
+        """Whether the memorized captions are the model family's own (canvas-mini ships them)."""
         return self.config.training_images is None
 
     def embedding_spec(self) -> str:
@@ -129,7 +130,9 @@ class MemorizationSuite(Suite):
         if (c.training_images is None) != (c.captions is None):
             raise ErasureInputError("memorization: give both training_images=DIR and captions=FILE, or neither (canvas-mini's own)")
         if c.training_images is None:
-            if original != "canvas-mini":
+            from erasure.families import family_of_source
+
+            if family_of_source(original).memorized() is None:
                 raise ErasureInputError(
                     f"memorization of {original}: pass --suite-arg training_images=DIR --suite-arg captions=FILE "
                     "(one IMAGE<TAB>CAPTION per line)")
@@ -143,10 +146,10 @@ class MemorizationSuite(Suite):
 
         self._embedding = self.embedding()
         if self.on_canvas:
-            from erasure.pipelines.canvas.render import MEMORIZATION_TARGETS
+            from erasure.families import family_of
 
-            self.captions = [m.caption for m in MEMORIZATION_TARGETS]
-            self.training = [m.image() for m in MEMORIZATION_TARGETS]
+            memorized = family_of(ev.base()).memorized()
+            self.captions, self.training = [c for c, _ in memorized], [im for _, im in memorized]
         else:
             pairs = memorized_pairs(self.config.training_images, self.config.captions)
             self.captions = [c for _, c in pairs]
