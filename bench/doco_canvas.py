@@ -1,12 +1,14 @@
 """DoCo on canvas-mini: generalisation to unseen caption templates, the surgery ablation, ESD on the same prompts.
 
     python bench/doco_canvas.py [--styles dotted striped] [--objects star] [--ablation dotted]
-                                [--seeds 0-1] [--out bench/runs/doco] [--results bench/results]
+                                [--seeds 0-1] [--steps N] [--anchor-images N] [--sampling-steps 25] [--set KEY=VALUE ...]
+                                [--out bench/runs/doco] [--results bench/results] [--report-only]
 
 Issue 6's protocol. DoCo trains on captions of ONE template (the presets' ``templates: [0]``,
 UnlearnCanvas' "a {object} in {style} style"); every run is then scored on
 - the canvas suite (all 64 object x style captions in template 0, the trained template), and
-- the paraphrase suite: the same 64 pairs in every other caption template (never seen in training),
+- the paraphrases: the same 64 pairs in every other caption template (never seen in training;
+  scored by the bench, see below),
 UA / IRA / CRA before and after with the shipped evaluator, on the same seeds (DDIM 25 steps,
 guidance 3). Issue 6's bar, on the paraphrases: UA >= 85%, IRA >= 85%, CRA >= 90%.
 
@@ -16,41 +18,39 @@ style and object; for each ``--ablation`` style, DoCo again with ``surgery`` "re
 the same template-0 prompts (``--no-esd`` skips it). ``--steps`` (every run) and ``--anchor-images``
 (DoCo) shrink the runs for smoke tests. Writes ``RESULTS/doco_canvas.json`` and ``.md`` (scores, wall time, peak
 memory, edit size); runs, image cache and grids go under ``--out``. Finished runs are reused while
-their configs and canvas-mini's weights are the ones they were made from.
+their configs and canvas-mini's weights are the ones they were made from. ``--report-only``
+rewrites the markdown from the JSON.
+
+Why not the canvas suite's paraphrase check (``suite_args={"paraphrases": True}``): it measures
+only whether the erased concept is still recognised in the paraphrase templates, on the erased
+concept's captions alone (its "paraphrases recognised" is 1 - this bench's "UA para." on the same
+images). Issue 6's bar also asks whether erasure keeps everything else in the unseen templates, so
+the bench scores UA / IRA / CRA on all 64 pairs of every paraphrase template, from the suite's
+pieces: ``canvas_cases(template)``, ``score_canvas`` and ``canvas_targets``, on images through the
+same generation cache as the suite.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 from dataclasses import asdict
 from pathlib import Path
 
-import torch
-
-from _runs import erase_once
+from _runs import (canvas_argv, canvas_cells, canvas_options, cost_cells, erase_once, machine, page, parse, sampling, table,
+                   write_results, yes_no)
 from erasure import ErasureRequest
-from erasure.api import parse_assignments
+from erasure.config import parse_assignments
 from erasure.configs import preset_path
 from erasure.edit import read_manifest
-from erasure.evaluation import (
-    CanvasCase,
-    GenerationCache,
-    SamplingSettings,
-    canvas_targets,
-    evaluate_runs,
-    generate_cached,
-    score_canvas,
-)
+from erasure.erased import load_erased
+from erasure.evaluation import GenerationCache, SamplingSettings, evaluate_runs, generate_cached
+from erasure.evaluation.suites.canvas import canvas_cases, canvas_targets, score_canvas
 from erasure.methods.doco import DoCoConfig  # registers "doco"
 from erasure.methods.esd import ESDConfig
-from erasure.erased import load_erased
 from erasure.pipelines import load_pipeline
-from erasure.pipelines.canvas.render import OBJECTS, STYLES, TEMPLATES, caption
-from erasure.pipelines.generation import parse_seeds
+from erasure.pipelines.canvas.render import OBJECTS, TEMPLATES, caption
 
-ROOT = Path(__file__).resolve().parents[1]
+NAME = "doco_canvas"
 BAR = {"UA": 0.85, "IRA": 0.85, "CRA": 0.90}
 
 
@@ -67,14 +67,10 @@ def esd_run(style: str, templates: list[int], out: Path, steps: int | None) -> P
     return erase_once(out / f"esd-style-{style}", request, "esd", config)
 
 
-def paraphrase_cases(templates: list[int]) -> list[CanvasCase]:
-    return [CanvasCase(caption(o, s, k), oi, si) for k in templates
-            for si, s in enumerate(STYLES) for oi, o in enumerate(OBJECTS)]
-
-
 def score_paraphrases(runs: list[Path], templates: list[int], settings: SamplingSettings, cache: GenerationCache) -> list[dict]:
-    """UA / IRA / CRA before and after on the captions of the paraphrase templates."""
-    cases = paraphrase_cases(templates)
+    """UA / IRA / CRA before and after on all 64 pairs of every paraphrase template (the canvas suite's
+    scoring on its cases of those templates; see the module docstring for why not its paraphrase check)."""
+    cases = [case for k in templates for case in canvas_cases(k)]
     prompts = [c.prompt for c in cases]
     n = len(settings.seeds)
     before = generate_cached(load_pipeline("canvas-mini"), prompts, settings, cache)
@@ -97,47 +93,35 @@ def describe(run: Path) -> dict:
 
 def markdown(result: dict) -> str:
     s = result["sampling"]
-    lines = [
+    return page(
         "# DoCo on canvas-mini",
-        "",
         f"`{result['command']}` on {result['machine']}. Training prompts: caption template {result['train_templates']} "
         f"only (\"{TEMPLATES[result['train_templates'][0]]}\"); paraphrase templates {result['paraphrase_templates']} never seen "
         f"in training. {len(s['seeds'])} seeds per prompt, {s['scheduler']} {s['steps']} steps, guidance {s['guidance']}; "
         f"judge: {result['judge']}. Bar (issue 6, on the paraphrases): UA >= 85%, IRA >= 85%, CRA >= 90%.",
-        "",
-        "| erased | method | steps | UA para. | IRA para. | CRA para. | UA trained tmpl. | IRA | CRA | UA para. before "
-        "| IRA para. before | CRA para. before | time (s) | peak memory (GiB) | edit (MB) | bar met |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in result["runs"]:
-        p, pb, a, c = r["paraphrase"]["after"], r["paraphrase"]["before"], r["after"], r["cost"]
-        lines.append(
-            f"| {', '.join(r['targets'])} ({r['kind']}) | {r['label']} | {r['steps']} | {p['UA']:.1%} | {p['IRA']:.1%} "
-            f"| {p['CRA']:.1%} | {a['UA']:.1%} | {a['IRA']:.1%} | {a['CRA']:.1%} | {pb['UA']:.1%} | {pb['IRA']:.1%} "
-            f"| {pb['CRA']:.1%} | {c.get('wall_seconds', 0):.0f} | {c.get('peak_memory_bytes', 0) / 2**30:.2f} "
-            f"| {r['edit_bytes'] / 1e6:.3f} | {'yes' if r['bar_met'] else 'no'} |"
-        )
-    return "\n".join(lines) + "\n"
+        table(["erased", "method", "steps", "UA para.", "IRA para.", "CRA para.", "UA trained tmpl.", "IRA", "CRA",
+               "UA para. before", "IRA para. before", "CRA para. before", "time (s)", "peak memory (GiB)", "edit (MB)",
+               "bar met"],
+              [[f"{', '.join(r['targets'])} ({r['kind']})", r["label"], r["steps"], canvas_cells(r["paraphrase"]["after"]),
+                canvas_cells(r["after"]), canvas_cells(r["paraphrase"]["before"]), cost_cells(r, edit_digits=3),
+                yes_no(r["bar_met"])] for r in result["runs"]]),
+    )
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--styles", nargs="*", default=["dotted", "striped"])
-    ap.add_argument("--objects", nargs="*", default=["star"])
+    canvas_options(ap, NAME, "doco")
     ap.add_argument("--ablation", nargs="*", default=["dotted"], help="styles also run with surgery 'reference' and 'off'")
     ap.add_argument("--no-esd", action="store_true", help="skip ESD-x on the same prompts")
     ap.add_argument("--paraphrases", nargs="*", type=int, default=list(range(1, len(TEMPLATES))))
-    ap.add_argument("--seeds", default="0-1")
     ap.add_argument("--steps", type=int, default=None, help="override every run's steps (smoke tests)")
     ap.add_argument("--anchor-images", type=int, default=None, help="override every DoCo run's anchor_images")
-    ap.add_argument("--sampling-steps", type=int, default=25)
     ap.add_argument("--style-anchor", default=None,
                     help="anchor style of the DoCo style runs (default: the style-free captions \"a {object}\")")
     ap.add_argument("--set", dest="set_", action="append", default=[], help="DoCo preset override KEY=VALUE (every DoCo run)")
-    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "runs" / "doco")
-    ap.add_argument("--results", type=Path, default=ROOT / "bench" / "results")
-    args = ap.parse_args()
-    torch.manual_seed(0)
+    args = parse(ap, NAME, markdown)
+    if args is None:
+        return
     # DoCo preset overrides: the smoke-test shrinking and --set
     doco_settings = {k: v for k, v in {"steps": args.steps, "anchor_images": args.anchor_images}.items() if v is not None}
     doco_settings.update(parse_assignments(args.set_, "--set"))
@@ -154,7 +138,7 @@ def main() -> None:
     if not args.no_esd:
         runs += [esd_run(s, templates, args.out, args.steps) for s in args.styles]
 
-    settings = SamplingSettings(steps=args.sampling_steps, seeds=parse_seeds(args.seeds))
+    settings = sampling(args)
     cache = GenerationCache(args.out / "eval" / "cache")
     metrics = evaluate_runs("canvas-mini", runs, out=args.out / "eval", settings=settings, cache_dir=cache.directory)
     for r, run, para in zip(metrics["runs"], runs, score_paraphrases(runs, args.paraphrases, settings, cache)):
@@ -164,20 +148,16 @@ def main() -> None:
     metrics["train_templates"] = templates
     metrics["paraphrase_templates"] = args.paraphrases
     metrics["sampling"] = asdict(settings)
-    argv = [f"--styles {' '.join(args.styles)}", f"--objects {' '.join(args.objects)}",
-            f"--ablation {' '.join(args.ablation)}", f"--seeds {args.seeds}"]
+    argv = [*canvas_argv(args), f"--ablation {' '.join(args.ablation)}".strip()]
     argv += ["--no-esd"] if args.no_esd else []
+    argv += [f"--paraphrases {' '.join(map(str, args.paraphrases))}"] if args.paraphrases != list(range(1, len(TEMPLATES))) else []
     argv += [f"--steps {args.steps}"] if args.steps else []
     argv += [f"--anchor-images {args.anchor_images}"] if args.anchor_images else []
-    argv += [f"--sampling-steps {args.sampling_steps}"] if args.sampling_steps != 25 else []
     argv += [f"--style-anchor {args.style_anchor}"] if args.style_anchor else []
     argv += [f"--set {s}" for s in args.set_]
     metrics["command"] = "python bench/doco_canvas.py " + " ".join(argv)
-    metrics["machine"] = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads"
-    args.results.mkdir(parents=True, exist_ok=True)
-    (args.results / "doco_canvas.json").write_text(json.dumps(metrics, indent=2))
-    (args.results / "doco_canvas.md").write_text(markdown(metrics))
-    print(markdown(metrics))
+    metrics["machine"] = machine()
+    write_results(args.results, NAME, metrics, markdown)
 
 
 if __name__ == "__main__":
