@@ -1,31 +1,34 @@
 """Where canvas-mini keeps its memorized images: whole layer groups zeroed, scored as the prune benches score.
 
-    python bench/prune_ceiling.py [--seeds 0-3]
+    python bench/prune_ceiling.py [--seeds 0-3] [--sampling-steps 25] [--out bench/runs/prune-ceiling]
+                                  [--results bench/results] [--report-only]
 
 Pruning may only zero ``ff.net.2`` weights, so zeroing *every* ``ff.net.2`` weight bounds what any
 pruning mask can do to memorization (up to the interaction of partial masks). For comparison it
 zeroes other groups of the transformer blocks: the up or down blocks' ``ff.net.2`` only, the
 cross-attention value and output projections (``attn2.to_v``, ``attn2.to_out``) and the
-self-attention output (``attn1.to_out``). Each row: share of the 8 memorized captions' (caption,
-seed) generations above the memorization threshold (bench/results/prune_canvas.json, so run that
-bench first), their mean similarity to the training image, and evaluator accuracy on the 64
-ordinary captions (seeds 0-1). Writes bench/results/prune_ceiling.json and .md.
+self-attention output (``attn1.to_out``). Each row, scored by bench/prune_canvas.py's ``score``
+(through bench/prune_sweep.py's loop): share of the 8 memorized captions' (caption, seed)
+generations above the memorization threshold (RESULTS/prune_canvas.json, so run that bench first),
+their mean similarity to the training image, and evaluator accuracy on the 64 ordinary captions
+(seeds 0-1). Writes RESULTS/prune_ceiling.json and .md; the image cache goes under ``--out``.
+``--report-only`` rewrites the markdown from the JSON.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import re
 
 import torch
 
+from _runs import parse, write_results
+from erasure.evaluation import Evaluation
 from erasure.pipelines import load_pipeline
-from erasure.pipelines.canvas.render import MEMORIZATION_TARGETS
-from erasure.pipelines.generation import parse_seeds
-from prune_canvas import RESULTS
-from prune_sweep import protocol_line, saved_threshold, score, score_cells
+from prune_canvas import score_cells
+from prune_sweep import SCORE_HEADS, measure, sweep_options, sweep_page
+
+NAME = "prune_ceiling"
 
 #: (name, pattern of the zeroed parameters)
 GROUPS = (
@@ -50,47 +53,32 @@ def zero(unet: torch.nn.Module, pattern: str) -> int:
     return count
 
 
+def groups(ev: Evaluation):
+    """canvas-mini with each group zeroed in turn (one pipeline, its weights restored between groups)."""
+    pipe = load_pipeline("canvas-mini")
+    weights = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    unet_weights = sum(p.numel() for p in pipe.unet.parameters())
+    for name, pattern in GROUPS:
+        pipe.unet.load_state_dict(weights)
+        zeroed = zero(pipe.unet, pattern)
+        yield name, {"name": name, "pattern": pattern, "fraction_of_unet": zeroed / unet_weights}, pipe
+
+
 def markdown(r: dict) -> str:
-    lines = [
-        "# Memorization on canvas-mini: which layers carry it",
-        "",
-        protocol_line(r),
-        "",
-        "| zeroed | weights (% of UNet) | memorized share | mean similarity | style acc. | object acc. |",
-        "|---|---|---|---|---|---|",
-        f"| nothing (original) | 0 | {score_cells(r['original'])} |",
-    ]
-    for g in r["groups"]:
-        lines.append(f"| {g['name']} | {g['fraction_of_unet']:.2%} | {score_cells(g)} |")
-    return "\n".join(lines) + "\n"
+    return sweep_page("# Memorization on canvas-mini: which layers carry it", r,
+                      ["zeroed", "weights (% of UNet)", *SCORE_HEADS],
+                      [["nothing (original)", 0, score_cells(r["original"])],
+                       *([g["name"], f"{g['fraction_of_unet']:.2%}", score_cells(g)] for g in r["groups"])])
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seeds", default="0-3")
-    args = ap.parse_args()
-    threshold = saved_threshold()
-    seeds = parse_seeds(args.seeds)
-    captions = [m.caption for m in MEMORIZATION_TARGETS]
-    pipe = load_pipeline("canvas-mini")
-    weights = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
-    unet_weights = sum(p.numel() for p in pipe.unet.parameters())
-    original = score(pipe, captions, seeds, threshold)
-    groups = []
-    for name, pattern in GROUPS:
-        pipe.unet.load_state_dict(weights)
-        zeroed = zero(pipe.unet, pattern)
-        groups.append({"name": name, "pattern": pattern, "fraction_of_unet": zeroed / unet_weights,
-                       **score(pipe, captions, seeds, threshold)})
-        print(json.dumps(groups[-1]), flush=True)
-    result = {
-        "command": f"python bench/prune_ceiling.py --seeds {args.seeds}",
-        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads",
-        "threshold": threshold, "seeds": seeds, "original": original, "groups": groups,
-    }
-    (RESULTS / "prune_ceiling.json").write_text(json.dumps(result, indent=2))
-    (RESULTS / "prune_ceiling.md").write_text(markdown(result))
-    print(markdown(result))
+    sweep_options(ap, NAME, "prune-ceiling")
+    args = parse(ap, NAME, markdown)
+    if args is None:
+        return
+    result = measure(args, f"python bench/prune_ceiling.py --seeds {args.seeds}", "groups", groups)
+    write_results(args.results, NAME, result, markdown)
 
 
 if __name__ == "__main__":
