@@ -398,7 +398,7 @@ def run_pair(model: Model, method: str, backend: str, args: argparse.Namespace, 
     import torch
 
     from erasure import ErasureRequest, erase
-    from erasure.api import parse_assignments
+    from erasure.config import parse_assignments
     from erasure.configs import preset_path
     from erasure.pipelines.attention import active_attention
 
