@@ -83,7 +83,8 @@ def test_xformers_is_skipped_with_a_reason_on_cpu(tiny_run):
 
 def test_full_size_settings_are_valid_configs():
     """The overrides the GPU run applies to each SD preset are accepted by the method's config."""
-    from erasure.api import method_config, parse_assignments
+    from erasure.api import method_config
+    from erasure.config import parse_assignments
     from erasure.configs import preset_path
 
     bench = load_script()
