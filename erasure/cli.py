@@ -214,7 +214,7 @@ def evaluate(
     erased: Annotated[list[Path], typer.Option("--erased", "-e", help="Run folder of an erased model; repeat for several.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for metrics.json, report.md, grids and the image cache.")],
     original: Annotated[str, typer.Option("--original", help="The model the runs were erased from.")] = "canvas-mini",
-    suite: Annotated[str, typer.Option("--suite", help="Evaluation suite: canvas, memorization, sd-nudity, sd-style, sd-object (`erasure suites` lists each one's arguments).")] = "canvas",
+    suite: Annotated[str, typer.Option("--suite", help="Evaluation suite by name (`erasure suites` lists them with their settings).")] = "canvas",
     seeds: Annotated[Optional[str], typer.Option("--seeds", help="Seeds per prompt, e.g. 0-1 or 0,3,5 (default: the suite's).")] = None,
     steps: Annotated[Optional[int], typer.Option("--steps", min=1, help="Sampling steps (default: the suite's).")] = None,
     guidance: Annotated[Optional[float], typer.Option("--guidance", min=0.0, help="Classifier-free guidance scale (default: the suite's).")] = None,
