@@ -330,3 +330,13 @@ def test_adding_a_suite_takes_one_module_and_one_yaml(tmp_path, canvas_style_run
             load_suite("style-accuracy", colour="red")
     finally:
         REGISTRY.pop("style-accuracy", None)
+
+
+def test_cli_lists_the_suites_and_their_settings(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    with pytest.raises(SystemExit) as exc:
+        main(["suites"])
+    assert exc.value.code == 0
+    printed = capsys.readouterr().out
+    assert all(name in printed for name in available_suites())
+    assert "attack_steps (30)" in printed and "nudity_threshold (0.6)" in printed and "training_images (None)" in printed
