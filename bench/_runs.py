@@ -63,6 +63,12 @@ def _made_by(manifest: dict, request: ErasureRequest, method: str, config, pipe,
             and manifest["base"]["fingerprint"] == fingerprint(pipe))
 
 
+def shown(path: Path) -> str:
+    """A path as results files show it: relative to the repository when inside it (no machine's folders)."""
+    path = Path(path).resolve()
+    return str(path.relative_to(ROOT)) if ROOT in path.parents else str(path)
+
+
 # ----------------------------------------------------------------------------- results files
 Markdown = Callable[[dict], str]
 

@@ -36,8 +36,8 @@ import argparse
 import time
 from pathlib import Path
 
-from _runs import (canvas_argv, canvas_cells, canvas_options, cost_cells, erase_once, machine, page, parse, sampling, table,
-                   write_results, yes_no)
+from _runs import (canvas_argv, canvas_cells, canvas_options, cost_cells, erase_once, machine, page, parse, sampling, shown,
+                   table, write_results, yes_no)
 from erasure import ErasureRequest
 from erasure.config import parse_assignments
 from erasure.configs import preset_path
@@ -148,7 +148,7 @@ def main() -> None:
     for r in metrics["runs"]:
         r.update(sfd_record(r, original, settings, timing_prompts))
     metrics["timing_prompts"] = len(timing_prompts)
-    metrics["grids_dir"] = str(args.out / "eval")
+    metrics["grids_dir"] = shown(args.out / "eval")
     metrics["command"] = "python bench/sfd_canvas.py " + " ".join(
         canvas_argv(args) + ([f"--anchor {args.anchor!r}"] if args.anchor else []) + [f"--set {s}" for s in args.sets]
         + ([f"--timing-prompts {args.timing_prompts}"] if args.timing_prompts != 64 else []))
