@@ -44,10 +44,7 @@ def modules() -> dict[str, Path]:
     for package, folder in FOLDERS.items():
         for path in (ROOT / folder).rglob("*.py"):
             parts = [p for p in path.relative_to(ROOT / folder).with_suffix("").parts if p != "__init__"]
-            name = ".".join([package, *parts])
-            if package == "erasure" and parts and parts[0] in ("pipelines", "metrics", "app", "configs"):
-                continue  # not a folder of erasure/ (there is none), but be safe
-            found[name] = path
+            found[".".join([package, *parts])] = path
     return found
 
 

@@ -281,7 +281,8 @@ def test_adding_a_suite_takes_one_module_and_one_yaml(tmp_path, canvas_style_run
     methods, a YAML file; the driver does the rest (generation, cache, grids, metrics.json, reports)."""
     from erasure.evaluation import Case, Suite, SuiteConfig, register_suite
     from erasure.evaluation.grids import prompt_grid
-    from erasure.evaluation.registry import REGISTRY, column
+    from erasure.evaluation.registry import REGISTRY
+    from erasure.evaluation.report import Column
 
     @dataclass
     class StyleAccuracyConfig(SuiteConfig):
@@ -314,7 +315,7 @@ def test_adding_a_suite_takes_one_module_and_one_yaml(tmp_path, canvas_style_run
 
             def report(self, ev, cases):
                 return {"judge": "canvas-mini evaluator", "prompts": len(cases[0].prompts),
-                        "columns": [column("style_accuracy", "style accuracy", True)]}
+                        "columns": [Column("style_accuracy", "style accuracy", True)]}
 
         out = tmp_path / "eval"
         with pytest.raises(SystemExit) as exc:

@@ -154,13 +154,13 @@ class ImageQuality:
         return {"fid": r["fid"], "kid": r["kid_mean"], "features": r["features"]}
 
     def columns(self) -> list:
-        from .registry import column
+        from .report import Column
 
         cols = []
         if self.clip is not None:
-            cols.append(column("clip_score", "CLIP score", True, "num"))
+            cols.append(Column("clip_score", "CLIP score", True, "num"))
         if self.reference is not None:
-            cols += [column("fid", "FID", False, "num"), column("kid", "KID", False, "num")]
+            cols += [Column("fid", "FID", False, "num"), Column("kid", "KID", False, "num")]
         return cols
 
     def note(self, what: str) -> str:

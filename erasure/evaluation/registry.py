@@ -25,7 +25,6 @@ if TYPE_CHECKING:
     from PIL import Image
 
     from .driver import Evaluation
-    from .report import Column
 
 
 @dataclass
@@ -126,13 +125,6 @@ class Suite(ABC):
     def report(self, ev: Evaluation, cases: list[Case]) -> dict:
         """metrics.json's suite part: ``judge``, ``prompts`` (count), ``columns`` (``Column``s), ``summary``,
         ``notes`` and any suite-specific settings."""
-
-
-def column(key: str, label: str, higher_is_better: bool, fmt: str = "pct") -> Column:
-    """A before/after score the reports tabulate (shorthand for ``Column``)."""
-    from .report import Column
-
-    return Column(key, label, higher_is_better, fmt)
 
 
 # ----------------------------------------------------------------------------- registry

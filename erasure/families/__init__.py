@@ -33,10 +33,17 @@ def register_family(cls: type[ModelFamily]) -> type[ModelFamily]:
     return cls
 
 
+_discovered = False
+
+
 def _families() -> list[ModelFamily]:
-    for module in pkgutil.iter_modules(__path__):
-        if module.name != "base" and not module.name.startswith("_"):
-            importlib.import_module(f"{__name__}.{module.name}")
+    """Every registered family, lowest priority first (the package's own modules imported once)."""
+    global _discovered
+    if not _discovered:
+        for module in pkgutil.iter_modules(__path__):
+            if module.name != "base" and not module.name.startswith("_"):
+                importlib.import_module(f"{__name__}.{module.name}")
+        _discovered = True
     return sorted(_FAMILIES.values(), key=lambda f: f.priority)
 
 

@@ -22,7 +22,8 @@ from PIL import Image
 from erasure.errors import ErasureInputError
 
 from ..grids import side_by_side
-from ..registry import Case, Probe, Suite, SuiteConfig, column, register_suite
+from ..registry import Case, Probe, Suite, SuiteConfig, register_suite
+from ..report import Column
 
 
 @dataclass
@@ -156,9 +157,9 @@ class CanvasFidelity:
         return self.clip.compute()["clip_score"]
 
     def columns(self) -> list:
-        return [column("clip_erased", "CLIP score, erased concept", False, "num"),
-                column("clip_others", "CLIP score, other captions", True, "num"),
-                column("fid", "FID", False, "num"), column("kid", "KID", False, "num")]
+        return [Column("clip_erased", "CLIP score, erased concept", False, "num"),
+                Column("clip_others", "CLIP score, other captions", True, "num"),
+                Column("fid", "FID", False, "num"), Column("kid", "KID", False, "num")]
 
     def note(self) -> str:
         return (f"CLIP score: mean 100 * max(cos, 0) of image and caption ({self.clip.model_name}) on the erased "
@@ -276,19 +277,19 @@ class CanvasSuite(Suite):
     def report(self, ev, cases: list[Case]) -> dict:
         before = ev.generate(ev.base(), [c.prompt for c in self.cases], "original")  # cached
         acc = accuracy_canvas(before, self.cases, ev.seeds)
-        columns = [column("UA", "UA", True), column("IRA", "IRA", True), column("CRA", "CRA", True),
+        columns = [Column("UA", "UA", True), Column("IRA", "IRA", True), Column("CRA", "CRA", True),
                    *self._fidelity.columns()]
         notes = ["UA: share of generations for the erased concept not recognised as it (higher: better erased). "
                  "IRA: accuracy on the other concepts of the same kind. CRA: accuracy on the other kind, on prompts "
                  "without the erased concept (both higher: better kept).", self._fidelity.note()]
         if self.robust:
-            columns.append(column("paraphrase_recognition", "paraphrases recognised", False))
+            columns.append(Column("paraphrase_recognition", "paraphrases recognised", False))
             notes.append("Paraphrases recognised: share of the erased concept's captions in canvas-mini's other templates "
                          f"({', '.join(str(t) for t in self.config.paraphrase_templates)}) still recognised as it "
                          "(lower: better erased).")
         if self.config.attack:
             a = self.config.attack_settings()
-            columns.append(column("attack_success_rate", "attack success", False))
+            columns.append(Column("attack_success_rate", "attack success", False))
             notes.append(
                 f"Attack success: share of {len(a['seeds'])} attack seeds for which a soft-prompt attack ({a['config']['tokens']} "
                 f"{a['config']['placement']} token(s), {a['config']['steps']} {a['config']['algorithm']} steps, lr {a['config']['lr']}) on "

@@ -18,7 +18,8 @@ from erasure.errors import ErasureInputError
 
 from ..grids import GRID_PROMPTS, first, prompt_grid
 from ..judges import ImageQuality, expand
-from ..registry import Case, Suite, SuiteConfig, column
+from ..registry import Case, Probe, Suite, SuiteConfig
+from ..report import Column
 
 
 @dataclass
@@ -77,8 +78,6 @@ class ConceptSuite(Suite):
         return out
 
     def probe(self, ev, erased, case: Case, label: str):
-        from ..registry import Probe
-
         prompts_erased, prompts_others = case.info
         return Probe(record={"prompts": {"erased": prompts_erased, "others": prompts_others}})
 
@@ -94,10 +93,10 @@ class ConceptSuite(Suite):
 
     def report(self, ev, cases: list[Case]) -> dict:
         c, kind, quality = self.config, self.config.kind, self.quality
-        columns = [column("clip_erased", f"CLIP score, erased {kind}", False, "num"),
-                   column("clip_others", f"CLIP score, other {kind}s", True, "num")]
+        columns = [Column("clip_erased", f"CLIP score, erased {kind}", False, "num"),
+                   Column("clip_others", f"CLIP score, other {kind}s", True, "num")]
         if quality.reference is not None:
-            columns += [column("fid", "FID", False, "num"), column("kid", "KID", False, "num")]
+            columns += [Column("fid", "FID", False, "num"), Column("kid", "KID", False, "num")]
         return {
             "judge": quality.clip.model_name,
             "prompts": max((len(case.prompts) for case in cases), default=0),

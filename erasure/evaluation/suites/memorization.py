@@ -22,7 +22,8 @@ from erasure.errors import ErasureInputError
 
 from ..grids import GRID_PROMPTS, GRID_SEEDS, side_by_side
 from ..judges import check_clip_spec, load_clip_score, load_images
-from ..registry import Case, Probe, Suite, SuiteConfig, column, register_suite
+from ..registry import Case, Probe, Suite, SuiteConfig, register_suite
+from ..report import Column
 from .canvas import accuracy_canvas, canvas_cases
 
 #: Prefix of the ``embedding`` argument for a local TorchScript embedding model.
@@ -202,10 +203,10 @@ class MemorizationSuite(Suite):
         from erasure.metrics import embedding_name_of
 
         space = embedding_name_of(self._embedding)
-        columns = [column("memorized_share", "memorized share", False),
-                   column("similarity_mean", "similarity to training image", False, "num")]
+        columns = [Column("memorized_share", "memorized share", False),
+                   Column("similarity_mean", "similarity to training image", False, "num")]
         if self.on_canvas:
-            columns += [column("object_accuracy", "object accuracy", True), column("style_accuracy", "style accuracy", True)]
+            columns += [Column("object_accuracy", "object accuracy", True), Column("style_accuracy", "style accuracy", True)]
         c = self.config
         return {
             "judge": f"similarity to the caption's training image in {space}",

@@ -18,7 +18,8 @@ from PIL import Image
 
 from ..grids import GRID_PROMPTS, first, prompt_grid
 from ..judges import ImageQuality, expand, read_prompts
-from ..registry import Case, Suite, SuiteConfig, column, register_suite
+from ..registry import Case, Suite, SuiteConfig, register_suite
+from ..report import Column
 
 
 @dataclass
@@ -109,5 +110,5 @@ class SDNuditySuite(Suite):
                         + "".join(f" {part}." for part in self.quality.describe())],
             "notes": ["Nudity rate: share of the nudity prompts' generations NudeNet flags (lower: better erased)."
                       + self.quality.note("the ordinary captions' generations")],
-            "columns": [column("nudity_rate", "nudity rate", False), *self.quality.columns()],
+            "columns": [Column("nudity_rate", "nudity rate", False), *self.quality.columns()],
         }
