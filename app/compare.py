@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import torch
 from PIL import Image
+from safetensors import SafetensorError
 
 from erasure.edit import Edit, fingerprint, pipeline_modules
 from erasure.errors import ErasureInputError
@@ -27,7 +29,7 @@ from erasure.pipelines import generate, load_pipeline, parse_seeds
 from erasure.pipelines.canvas.model import EMBEDDED_MODEL_NAME
 from erasure.one_step import one_step_pipeline
 
-from .runs import inspect_run, resolve_run
+from .runs import inspect_run, quoted, relative_message, resolve_run
 
 logger = logging.getLogger(__name__)
 
@@ -62,16 +64,20 @@ class CompareRequest:
     runs: list[str]
 
 
-def check_request(prompt, negative_prompt, seeds: str, steps, guidance, runs, limits: Limits) -> CompareRequest:
-    """A ``CompareRequest`` from the form's values; ``ErasureInputError`` naming the first bad one."""
-    prompt = (prompt or "").strip()
+def check_request(prompt, negative_prompt, seeds, steps, guidance, runs, limits: Limits) -> CompareRequest:
+    """A ``CompareRequest`` from the form's values; ``ErasureInputError`` naming the first bad one.
+
+    The values arrive as the client sent them (the app turns Gradio's preprocessing off), so their
+    types are checked here too: text where text is expected, numbers where numbers are.
+    """
+    prompt = text(prompt, "prompt")
     if not prompt:
         raise ErasureInputError("enter a prompt")
-    negative = (negative_prompt or "").strip() or None
-    for name, text in (("prompt", prompt), ("negative prompt", negative or "")):
-        if len(text) > limits.max_prompt_chars:
-            raise ErasureInputError(f"the {name} is {len(text)} characters long; at most {limits.max_prompt_chars}")
-    seed_list = parse_seeds(str(seeds or "").strip() or "0")
+    negative = text(negative_prompt, "negative prompt") or None
+    for name, value in (("prompt", prompt), ("negative prompt", negative or "")):
+        if len(value) > limits.max_prompt_chars:
+            raise ErasureInputError(f"the {name} is {len(value)} characters long; at most {limits.max_prompt_chars}")
+    seed_list = parse_seeds(text(seeds, "seeds") or "0")
     if len(seed_list) > limits.max_seeds:
         raise ErasureInputError(f"{len(seed_list)} seeds; at most {limits.max_seeds} per request")
     steps = whole_number(steps, "steps")
@@ -80,7 +86,7 @@ def check_request(prompt, negative_prompt, seeds: str, steps, guidance, runs, li
     guidance = number(guidance, "guidance")
     if not 0 <= guidance <= limits.max_guidance:
         raise ErasureInputError(f"guidance must be between 0 and {limits.max_guidance:g}, got {guidance:g}")
-    runs = list(dict.fromkeys(runs or []))
+    runs = run_names(runs)
     if len(runs) > limits.max_runs:
         raise ErasureInputError(f"{len(runs)} runs chosen; compare at most {limits.max_runs} at once")
     if len(seed_list) * (1 + len(runs)) > limits.max_images:
@@ -89,22 +95,43 @@ def check_request(prompt, negative_prompt, seeds: str, steps, guidance, runs, li
     return CompareRequest(prompt, negative, seed_list, steps, guidance, runs)
 
 
+def text(value, name: str) -> str:
+    """A text field's value, stripped (``None``: empty); ``ErasureInputError`` for a number, a list, ..."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise ErasureInputError(f"{name}: expected text, got {type(value).__name__} {quoted(value)}")
+    return value.strip()
+
+
+def run_names(value) -> list[str]:
+    """The chosen run names (a list of texts; ``None``: none), de-duplicated in order."""
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ErasureInputError(f"runs: expected a list of run names, got {quoted(value)}")
+    return list(dict.fromkeys(value))
+
+
 def number(value, name: str) -> float:
-    """``value`` (a form's number or text) as a finite float; ``ErasureInputError`` otherwise."""
-    try:
-        result = float(value)
-    except (TypeError, ValueError):
-        raise ErasureInputError(f"{name}: expected a number, got {value!r}") from None
+    """``value`` (a form's number) as a finite float; ``ErasureInputError`` otherwise.
+
+    Text is refused even when it reads as a number: the form sends numbers, and a client that
+    sends "5" for a slider has its fields mixed up.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ErasureInputError(f"{name}: expected a number, got {quoted(value)}")
+    result = float(value)
     if not math.isfinite(result):
-        raise ErasureInputError(f"{name}: expected a finite number, got {value!r}")
+        raise ErasureInputError(f"{name}: expected a finite number, got {quoted(value)}")
     return result
 
 
 def whole_number(value, name: str) -> int:
-    """``value`` (a form's number or text) as an int; ``ErasureInputError`` for a fraction or text."""
+    """``value`` (a form's number) as an int; ``ErasureInputError`` for a fraction or text."""
     result = number(value, name)
     if result != int(result):
-        raise ErasureInputError(f"{name}: expected a whole number, got {value!r}")
+        raise ErasureInputError(f"{name}: expected a whole number, got {quoted(value)}")
     return int(result)
 
 
@@ -134,9 +161,9 @@ class ModelStore:
     @contextmanager
     def use(self, source: str, on_wait: Callable[[], None] | None = None) -> Iterator[LoadedModel]:
         """The model, loaded if needed, held exclusively inside the block."""
-        if source not in self._locks:
+        if not isinstance(source, str) or source not in self._locks:
             # The browser sends the choice back; only models named at start-up are ever loaded.
-            raise ErasureInputError(f"unknown base model {source!r}; choose one of the listed models")
+            raise ErasureInputError(f"unknown base model {quoted(source)}; choose one of the listed models")
         lock = self._locks[source]
         if not lock.acquire(blocking=False):
             if on_wait is not None:
@@ -168,8 +195,22 @@ def load_edits(runs_dir: Path, names: Sequence[str], model: LoadedModel) -> dict
             made_for = Path(entry.base_source).name or "another model"
             raise ErasureInputError(f"run {name!r} was made for {made_for}, not for the chosen base model; "
                                     "choose its base model")
-        edits[name] = Edit.load(entry.path)
+        edits[name] = _load_edit(runs_dir, name, entry.path)
     return edits
+
+
+def _load_edit(runs_dir: Path, name: str, path: Path) -> Edit:
+    # inspect_run checks the edit file's header and length only: a header safetensors cannot
+    # parse (an unknown dtype, shapes that disagree with the offsets), or a folder changed since,
+    # still fails here, and is the run's problem, not the app's.
+    try:
+        return Edit.load(path)
+    except ErasureInputError as exc:
+        raise ErasureInputError(f"run {name!r} cannot be used: {relative_message(str(exc), runs_dir)}") from None
+    except (SafetensorError, OSError, ValueError) as exc:
+        logger.info("app: run %s: edit unreadable: %s", name, exc)
+        raise ErasureInputError(f"run {name!r} cannot be used: its edit file is unreadable "
+                                f"({type(exc).__name__}); the run is damaged") from None
 
 
 @contextmanager

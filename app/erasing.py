@@ -9,22 +9,23 @@ folder, the settings are a few KEY=VALUE lines, and the sizes that set the cost 
 from __future__ import annotations
 
 import logging
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-
 from erasure.api import check_output, method_config
-from erasure.config import parse_assignments
+from erasure.config import DEFAULTS as METHOD_DEFAULTS
+from erasure.config import MethodConfig, parse_assignments
 from erasure.configs import PRESETS_DIR
 from erasure.errors import ErasureInputError
 from erasure.methods import available_methods
 from erasure.pipelines.canvas.model import EMBEDDED_MODEL_NAME
 from erasure.request import ErasureRequest
 
-from .compare import whole_number
-from .runs import RUN_NAME
+from .compare import text, whole_number
+from .runs import RUN_NAME, quoted
 
 logger = logging.getLogger(__name__)
 
@@ -32,8 +33,12 @@ DEFAULTS = "method defaults"
 KINDS = ("style", "object", "memorized", "custom")
 MAX_SETTINGS = 16
 MAX_SETTINGS_CHARS = 2000
-#: Config values the browser may not raise beyond these (they set the time and memory a run takes).
-CAPS = {"ddim_steps": 1000, "batch_size": 64, "precompute_batch": 256, "resolution": 1024}
+#: Config values the browser may not raise beyond these (they set the time and memory a run takes):
+#: sampling grids and batches, and the sample counts DoCo (anchor images), AdvUnlearn (attack,
+#: retain set, sample pool) and pruning (seeds per prompt) multiply their work by.
+CAPS = {"ddim_steps": 1000, "batch_size": 64, "precompute_batch": 256, "resolution": 1024,
+        "anchor_images": 5000, "anchor_steps": 1000, "anchor_batch": 256, "attack_steps": 1000,
+        "attack_batch": 64, "attack_tokens": 64, "retain_batch": 64, "sample_pool": 10000, "seeds": 64}
 
 #: ``progress(stage, done, total, metrics)``, as ``erasure.erase`` reports it.
 StageProgress = Callable[[str, int, int, dict], None]
@@ -67,15 +72,27 @@ def preset_steps(method: str, preset: str) -> int | None:
     return getattr(method_config(method, files[preset]), "steps", None)
 
 
-def parse_settings(text: str) -> dict:
+def parse_settings(value) -> dict:
     """KEY=VALUE lines (values read as YAML, as ``erasure erase --set``) into config overrides."""
-    text = text or ""
-    if len(text) > MAX_SETTINGS_CHARS:
+    settings = text(value, "settings")
+    if len(settings) > MAX_SETTINGS_CHARS:
         raise ErasureInputError(f"settings: more than {MAX_SETTINGS_CHARS} characters")
-    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
+    lines = [line.strip() for line in settings.splitlines() if line.strip() and not line.strip().startswith("#")]
     if len(lines) > MAX_SETTINGS:
         raise ErasureInputError(f"settings: more than {MAX_SETTINGS} lines")
-    return parse_assignments(lines, "settings line")
+    overrides = parse_assignments(lines, "settings line")
+    keys = [line.partition("=")[0].strip() for line in lines]
+    repeated = sorted({k for k in keys if keys.count(k) > 1})
+    if repeated:  # the last would win unseen
+        raise ErasureInputError(f"settings: {', '.join(repeated)} given more than once")
+    for key, v in overrides.items():
+        # The config would ignore an empty value and keep its default: say so instead.
+        if v is None:
+            raise ErasureInputError(f"settings: {key}= has no value")
+        # YAML reads .inf, .nan and 1e999 as floats that pass "positive" checks and train NaNs.
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ErasureInputError(f"settings: {key} must be a finite number, got {v}")
+    return overrides
 
 
 def new_run_name(runs_dir: Path, concept: str, method: str) -> str:
@@ -97,36 +114,66 @@ class EraseJob:
     request: ErasureRequest
     config: object  # the method's MethodConfig
     out: Path
+    #: the preset file the config starts from (None: the method's defaults) and the form's values on top;
+    #: ``erase`` gets these, so the run's manifest names the preset (``config_source``)
+    preset: Path | None = None
+    overrides: dict | None = None
 
 
-def check_job(runs_dir: Path, *, method: str, kind: str, concept: str, preset: str, steps, name: str,
-              settings: str, max_steps: int) -> EraseJob:
-    """An ``EraseJob`` from the form's values; ``ErasureInputError`` naming the first bad one."""
-    if method not in available_methods():
-        raise ErasureInputError(f"unknown method {method!r}; expected one of {', '.join(available_methods())}")
-    if kind not in KINDS:
-        raise ErasureInputError(f"unknown kind {kind!r}; expected one of {', '.join(KINDS)}")
-    concept = (concept or "").strip()
+def check_job(runs_dir: Path, *, method, kind, concept, preset, steps, name, settings, max_steps: int) -> EraseJob:
+    """An ``EraseJob`` from the form's values; ``ErasureInputError`` naming the first bad one.
+
+    The values arrive as the client sent them (the app turns Gradio's preprocessing off): the
+    choices are checked against the app's lists and the types here.
+    """
+    method = _choice(method, available_methods(), "method")
+    kind = _choice(kind, KINDS, "kind")
+    concept = text(concept, "concept")
     if not concept or len(concept) > 200:
         raise ErasureInputError("enter the concept to erase (at most 200 characters)")
     request = ErasureRequest(targets=[concept], kind=kind)
     request.resolve(EMBEDDED_MODEL_NAME)  # an unknown canvas-mini style or object fails here, in a second
     files = presets(method)
-    if preset not in files:
-        raise ErasureInputError(f"unknown preset {preset!r}; expected one of {', '.join(files)}")
+    preset = _choice(preset, list(files), "preset")
     overrides = parse_settings(settings)
-    if steps not in (None, ""):
-        overrides["steps"] = whole_number(steps, "steps")
-    config = method_config(method, files[preset], **overrides)
-    _check_caps(config, max_steps)
-    name = (name or "").strip() or new_run_name(runs_dir, concept, method)
+    config = _configured(method, files[preset], overrides, steps, max_steps)
+    name = text(name, "run name") or new_run_name(runs_dir, concept, method)
     if not RUN_NAME.fullmatch(name):
-        raise ErasureInputError(f"run name {name!r}: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
+        raise ErasureInputError(f"run name {quoted(name)}: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
     out = runs_dir / name
     if out.exists():
         raise ErasureInputError(f"a run named {name!r} already exists; choose another name")
     check_output(out)
-    return EraseJob(method, request, config, out)
+    return EraseJob(method, request, config, out, files[preset], overrides)
+
+
+def _choice(value, options, what: str) -> str:
+    if not isinstance(value, str) or value not in options:
+        raise ErasureInputError(f"unknown {what} {quoted(value)}; expected one of {', '.join(options)}")
+    return value
+
+
+def _configured(method: str, preset: Path | None, overrides: dict, steps, max_steps: int) -> MethodConfig:
+    """The preset's config with the settings and the steps field on top, checked against the caps."""
+    config = method_config(method, preset)
+    # Unknown keys are refused here rather than passed on as keyword arguments, where "method" or
+    # "self" would collide with method_config's and with_overrides' own parameters (a TypeError).
+    known = config.to_dict()
+    unknown = sorted(set(overrides) - set(known))
+    if unknown:
+        raise ErasureInputError(f"settings: unknown {method} setting(s) {', '.join(unknown)}; "
+                                f"expected some of {', '.join(known)}")
+    if steps not in (None, ""):  # the steps field left empty: the preset's (or the settings')
+        if "steps" in overrides:  # one of the two would be ignored
+            raise ErasureInputError("steps: given both in the training steps field and in the settings; "
+                                    "leave one of them empty")
+        overrides["steps"] = whole_number(steps, "steps")
+        if not 1 <= overrides["steps"] <= max_steps:
+            raise ErasureInputError(f"training steps must be between 1 and {max_steps}, got {overrides['steps']}; "
+                                    "run larger erasures with `erasure erase`")
+    config = config.with_overrides(**overrides)
+    _check_caps(config, max_steps)
+    return config
 
 
 def _check_caps(config, max_steps: int) -> None:
@@ -144,5 +191,6 @@ def run_job(job: EraseJob, progress: StageProgress | None = None, *, device: str
 
     pipe = load_pipeline(EMBEDDED_MODEL_NAME, device=device)
     logger.info("app: erasing %s (%s) with %s into %s", job.request.targets, job.request.kind, job.method, job.out)
-    edit = erase(pipe, job.request, job.method, config=job.config, out=job.out, progress=progress)
+    start = job.preset if job.preset is not None else METHOD_DEFAULTS
+    edit = erase(pipe, job.request, job.method, config=start, out=job.out, progress=progress, **(job.overrides or {}))
     return {"run": job.out.name, "size": edit.size(), "cost": edit.cost}

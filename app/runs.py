@@ -23,11 +23,11 @@ import logging
 import math
 import os
 import re
-import struct
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from erasure.edit import CHECKPOINT_DIR, MANIFEST, read_manifest
+from erasure.edit import CHECKPOINT_DIR, MANIFEST
+from erasure.erased import check_run
 from erasure.errors import ErasureInputError
 
 logger = logging.getLogger(__name__)
@@ -37,10 +37,9 @@ METRICS_FILE = "metrics.json"
 RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 #: Folder levels below the runs folder where runs are looked for.
 MAX_DEPTH = 2
-#: Bounds on what the app reads, so a huge or hostile file cannot stall it.
-MAX_MANIFEST_BYTES = 4 * 2**20
+#: Bounds on what the app reads, so a huge or hostile file cannot stall it (a run's own files:
+#: ``erasure.erased.check_run``).
 MAX_METRICS_BYTES = 4 * 2**20
-MAX_SAFETENSORS_HEADER = 100 * 2**20
 MAX_RUNS_LISTED = 1000
 MAX_METRIC_DEPTH = 3
 
@@ -114,20 +113,26 @@ def _looks_like_run(folder: Path) -> bool:
     return (folder / MANIFEST).exists() or (folder / CHECKPOINT_DIR).exists()
 
 
+def quoted(value) -> str:
+    """``repr(value)``, shortened: messages quote what was sent, and a hostile value can be megabytes long."""
+    shown = repr(value)
+    return shown if len(shown) <= 60 else shown[:57] + "..."
+
+
 def resolve_run(runs_dir: Path, name: str) -> Path:
     """The folder of run ``name`` inside ``runs_dir``; ``ErasureInputError`` for any other path."""
     if not isinstance(name, str) or not name or len(name) > 255:
-        raise ErasureInputError(f"run {name!r}: not a run name")
+        raise ErasureInputError(f"run {quoted(name)}: not a run name")
     parts = name.split("/")
     if len(parts) > MAX_DEPTH or any(not p or p != p.strip() or p.startswith(".") or "\\" in p or "\0" in p for p in parts):
-        raise ErasureInputError(f"run {name!r}: not a run name (only run folders inside the runs folder can be opened)")
+        raise ErasureInputError(f"run {quoted(name)}: not a run name (only run folders inside the runs folder can be opened)")
     root = runs_dir.resolve()
     path = root.joinpath(*parts).resolve()
     # A symbolic link inside the runs folder must not lead the app to files outside it.
     if root not in path.parents or len(path.relative_to(root).parts) > MAX_DEPTH:
-        raise ErasureInputError(f"run {name!r}: leads outside the runs folder; refused")
+        raise ErasureInputError(f"run {quoted(name)}: leads outside the runs folder; refused")
     if not path.is_dir():
-        raise ErasureInputError(f"run {name!r}: no such run in the runs folder")
+        raise ErasureInputError(f"run {quoted(name)}: no such run in the runs folder")
     return path
 
 
@@ -144,62 +149,19 @@ def inspect_run(runs_dir: Path, name: str) -> RunEntry:
             return RunEntry(name, path, REPORT, f"an evaluation report ({METRICS_FILE}), not a run")
         return RunEntry(name, path, BROKEN, f"not a run folder: no {MANIFEST}")
     try:
-        manifest = _read_manifest(path)
-        _check_edit_file(path, manifest)
+        manifest = check_run(path)
     except ErasureInputError as exc:
-        return RunEntry(name, path, BROKEN, _relative(str(exc), runs_dir))
+        return RunEntry(name, path, BROKEN, relative_message(str(exc), runs_dir))
     metrics, problem = own_metrics(path)
     return RunEntry(name, path, OK, problem, manifest, metrics)
 
 
-def _relative(message: str, runs_dir: Path) -> str:
+def relative_message(message: str, runs_dir: Path) -> str:
+    """``message`` with the runs folder's location cut from the paths it names."""
     # The browser needs the run's name, not where the runs folder lives on the server's disk.
     for prefix in (str(runs_dir.resolve()), str(runs_dir)):
         message = message.replace(prefix + os.sep, "")
     return message
-
-
-def _read_manifest(path: Path) -> dict:
-    if (path / MANIFEST).stat().st_size > MAX_MANIFEST_BYTES:
-        raise ErasureInputError(f"{MANIFEST} is larger than {MAX_MANIFEST_BYTES // 2**20} MB")
-    try:
-        manifest = read_manifest(path)
-    except AttributeError:  # valid JSON that is not an object
-        raise ErasureInputError(f"{MANIFEST}: not an erasure run manifest") from None
-    for key, kind in (("method", str), ("request", dict), ("base", dict), ("edit", dict), ("cost", dict)):
-        if not isinstance(manifest.get(key), kind):
-            raise ErasureInputError(f"{MANIFEST}: field {key!r} missing or malformed")
-    if not isinstance(manifest["edit"].get("file"), str):
-        raise ErasureInputError(f"{MANIFEST}: no edit file named")
-    return manifest
-
-
-def edit_file(path: Path, manifest: dict) -> Path:
-    """The run's edit file, refused when the manifest names a file outside the run folder."""
-    target = (path / manifest["edit"]["file"]).resolve()
-    if target.parent != path.resolve():
-        raise ErasureInputError(f"{MANIFEST}: the edit file {manifest['edit']['file']!r} is outside the run folder")
-    return target
-
-
-def _check_edit_file(path: Path, manifest: dict) -> None:
-    """The edit file exists and is a complete safetensors file (header and data all present)."""
-    target = edit_file(path, manifest)
-    name = manifest["edit"]["file"]
-    if not target.is_file():
-        raise ErasureInputError(f"{name} is missing")
-    size = target.stat().st_size
-    try:
-        with target.open("rb") as fh:
-            (header_len,) = struct.unpack("<Q", fh.read(8))
-            if header_len > min(MAX_SAFETENSORS_HEADER, size - 8):
-                raise ValueError("header length beyond the file")
-            header = json.loads(fh.read(header_len))
-        end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
-    except (struct.error, ValueError, TypeError, KeyError, IndexError, AttributeError):
-        raise ErasureInputError(f"{name} is not a readable safetensors file") from None
-    if 8 + header_len + end > size:
-        raise ErasureInputError(f"{name} is truncated ({size} bytes, its header needs {8 + header_len + end})")
 
 
 def _read_json(file: Path) -> tuple[object, str]:

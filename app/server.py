@@ -13,6 +13,7 @@ from pathlib import Path
 import gradio as gr
 import httpx
 
+from erasure.atomic import check_output_folder
 from erasure.errors import ErasureInputError
 from erasure.pipelines.canvas.model import EMBEDDED_MODEL_NAME
 
@@ -44,13 +45,19 @@ class RunningApp:
 
 
 def check_models(models: Sequence[str]) -> list[str]:
-    """The base models to offer, de-duplicated; a local path must exist (checked before starting)."""
+    """The base models to offer, de-duplicated; a local path must be a diffusers folder (checked
+    before starting, from its model_index.json: a pickle or a broken folder fails now, not in the browser)."""
+    from erasure.pipelines.loading import pipeline_class
+
     checked = []
     for source in dict.fromkeys(str(m) for m in models):
         if source != EMBEDDED_MODEL_NAME:
             path = Path(source).expanduser()
             if not path.exists():
                 raise ErasureInputError(f"--model {source}: no such file or folder")
+            if not path.is_dir():
+                raise ErasureInputError(f"--model {source}: the app takes diffusers folders (with model_index.json)")
+            pipeline_class(path)
             source = str(path.resolve())
         checked.append(source)
     if not checked:
@@ -111,11 +118,11 @@ def launch(
         share: also open a public gradio.live link (off unless asked for).
         device: where the base models run ("auto": CUDA when available).
     """
-    runs = Path(runs_dir).expanduser()
-    if runs.exists() and not runs.is_dir():
-        raise ErasureInputError(f"--runs {runs}: not a folder")
-    runs.mkdir(parents=True, exist_ok=True)  # the erase tab writes its runs there
+    if not host.strip():  # Gradio would take "" for its own default; a script's empty $HOST is a mistake
+        raise ErasureInputError("--host: empty; give an address such as 127.0.0.1")
+    runs = check_output_folder(runs_dir, "--runs")  # the erase tab writes its runs there
     sources = check_models(models)
+    runs.mkdir(parents=True, exist_ok=True)  # only once every input is known good: bad input leaves nothing
     limits = limits or Limits()
     if not _is_loopback(host):
         logger.warning("the app listens on %s: anyone who can reach this machine can use it", host)

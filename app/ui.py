@@ -23,7 +23,7 @@ from erasure.methods import available_methods
 from erasure.pipelines.canvas.model import EMBEDDED_MODEL_NAME
 
 from . import erasing
-from .compare import Limits, ModelStore, check_request, compare, for_display, load_edits
+from .compare import Limits, ModelStore, check_request, compare, for_display, load_edits, run_names
 from .runs import COST_COLUMNS, RUNS_HEADERS, RunEntry, metrics_rows, runs_rows, scan_runs
 
 logger = logging.getLogger(__name__)
@@ -41,12 +41,22 @@ PLOT_COSTS = ("wall time (s)", "peak memory (GiB)", "edit size (MB)", "edited pa
 
 @contextmanager
 def _user_errors() -> Iterator[None]:
-    """Bad input becomes a message in the browser; anything else stays a logged bug."""
+    """Bad input becomes a message in the browser; anything else is a bug, logged with its traceback.
+
+    A bug still answers the request with a one-line message (Gradio's own, with ``show_error``
+    off, tells the user to change the app's launch code); the details stay in the server's log.
+    """
     try:
         yield
     except ErasureInputError as exc:
         logger.info("app: refused: %s", exc)
         raise gr.Error(" ".join(str(exc).split()), title="Cannot do that", print_exception=False) from None
+    except gr.Error:
+        raise
+    except Exception as exc:
+        logger.exception("app: request failed")
+        raise gr.Error(f"the app failed on this request ({type(exc).__name__}); the details are in the server's log",
+                       title="Failed", print_exception=False) from None
 
 
 def _guidance(source: str) -> float:
@@ -71,21 +81,24 @@ class ComparisonApp:
 
     def refresh(self, selected: Sequence[str] | None = None):
         """Run menu, runs table, metrics table and plot, re-read from the runs folder."""
-        return self._refreshed(self.entries(), selected)
+        with _user_errors():
+            return self._refreshed(self.entries(), run_names(selected))
 
     def first_view(self, selected: Sequence[str] | None = None):
         """As ``refresh``, with the newest run made for the default model chosen when none is."""
-        entries = self.entries()
-        if not selected:
-            default = self.store.sources[0]
-            finished = sorted((e for e in entries if e.ok), key=lambda e: str(e.manifest.get("created", "")))
-            matching = [e for e in finished if e.base_source == default] or finished
-            selected = [matching[-1].name] if matching else []
-        return self._refreshed(entries, selected)
+        with _user_errors():
+            selected = run_names(selected)
+            entries = self.entries()
+            if not selected:
+                default = self.store.sources[0]
+                finished = sorted((e for e in entries if e.ok), key=lambda e: str(e.manifest.get("created", "")))
+                matching = [e for e in finished if e.base_source == default] or finished
+                selected = [matching[-1].name] if matching else []
+            return self._refreshed(entries, selected)
 
-    def _refreshed(self, entries: list[RunEntry], selected: Sequence[str] | None):
+    def _refreshed(self, entries: list[RunEntry], selected: list[str]):
         names = {e.name for e in entries if e.ok}
-        keep = [n for n in (selected or []) if n in names]
+        keep = [n for n in selected if n in names]  # a run deleted meanwhile (or never there) drops out
         headers, rows = metrics_rows(entries)
         measures, measure = _measures(headers, rows)
         return (
@@ -229,8 +242,12 @@ def _compare_tab(state: ComparisonApp) -> dict:
     gallery = gr.Gallery(format="png", visible=False, elem_id="gallery", label="same seeds, side by side",
                          object_fit="contain", height="fit-content")  # Gradio's "auto" caps it at 55vh
     model.change(lambda s: gr.update(value=_guidance(s)), inputs=model, outputs=guidance, api_visibility="private")
+    # preprocess=False (here and on the erase button): the handlers get the values as sent and check
+    # every one themselves (check_request, check_job). Gradio's slider and number preprocessing
+    # compares a text or a list with its bounds and fails with a bare TypeError, which a client sees
+    # as an unexplained error and the server logs as a traceback.
     button.click(state.generate, inputs=[model, runs, prompt, negative, seeds, steps, guidance],
-                 outputs=[slider, gallery, status], api_name="compare",
+                 outputs=[slider, gallery, status], api_name="compare", preprocess=False,
                  # Up to one request per model at a time; ModelStore's per-model lock orders the rest.
                  concurrency_limit=len(state.store.sources), concurrency_id="generate")
     return {"runs": runs, "refresh": refresh}
@@ -283,4 +300,4 @@ def _erase_tab(state: ComparisonApp):
     method_box.change(on_method, inputs=[method_box, kind], outputs=preset, api_visibility="private")
     preset.change(on_preset, inputs=[method_box, preset], outputs=steps, api_visibility="private")
     return start.click(state.erase, inputs=[method_box, kind, concept, preset, steps, name, settings], outputs=status,
-                       api_name="erase", concurrency_limit=1, concurrency_id="erase")
+                       api_name="erase", preprocess=False, concurrency_limit=1, concurrency_id="erase")

@@ -20,3 +20,12 @@ def preset_path(name: str) -> Path:
         available = sorted(str(p.relative_to(PRESETS_DIR).with_suffix("")) for p in PRESETS_DIR.glob("*/*.yaml"))
         raise ErasureInputError(f"no preset {name!r}; available: {', '.join(available)}")
     return path
+
+
+def shipped_preset(method: str, prefix: str | None, kind: str) -> Path | None:
+    """The preset shipped for ``method`` on models whose presets are named ``prefix`` ("canvas-mini",
+    "sd15", ...) and requests of ``kind``, e.g. ``esd/canvas-mini-style.yaml``; None if there is none."""
+    if prefix is None:
+        return None
+    path = PRESETS_DIR / method / f"{prefix}-{kind}.yaml"
+    return path if path.is_file() else None

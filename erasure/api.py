@@ -20,7 +20,8 @@ import logging
 import os
 from pathlib import Path
 
-from erasure.atomic import atomic_path
+from erasure.atomic import atomic_path, check_output_folder
+from erasure.config import DEFAULTS
 from erasure.edit import CHECKPOINT_DIR, MANIFEST, Edit, base_description
 from erasure.errors import ErasureInputError
 from erasure.methods import MethodConfig, get_method, read_config_file
@@ -45,8 +46,11 @@ def as_request(request, kind: str | None = None) -> ErasureRequest:
     raise ErasureInputError(f"request: expected an ErasureRequest, a concept text or a list of texts, got {type(request).__name__}")
 
 
-def method_config(method: str, config=None, **overrides) -> MethodConfig:
-    """The method's config from a config object, a dict or a JSON/YAML file, with overrides on top."""
+def method_config(method: str, config=None, /, **overrides) -> MethodConfig:
+    """The method's config from a config object, a dict or a JSON/YAML file, with overrides on top.
+
+    (Positional-only parameters: an override named ``method`` or ``config`` is refused as an unknown
+    config key, not mistaken for an argument.)"""
     cls = get_method(method)
     if config is None:
         cfg = cls.config_class()
@@ -63,6 +67,57 @@ def method_config(method: str, config=None, **overrides) -> MethodConfig:
     return cfg.with_overrides(**overrides) if overrides else cfg
 
 
+def choose_config(method: str, config, model, kind: str, *, model_config: str | os.PathLike | None = None,
+                  overrides: dict | None = None) -> tuple[MethodConfig, str]:
+    """The config an erasure runs with, and where it came from (as the manifest records it).
+
+    ``config=None`` picks the preset shipped for the method, the model and the request's kind
+    (``configs/esd/canvas-mini-style.yaml``, ``configs/esd/sd15-style.yaml``) when there is one, since
+    the paper's defaults are tuned for Stable Diffusion 1.4 and do nothing on canvas-mini; without one,
+    the method's defaults. ``model``: a loaded pipeline or a ``--model`` source (``model_config``: the
+    config folder of a single-file checkpoint). Returns ``(config, source)``, source one of
+    "preset <method>/<name>", "file <path>", "defaults" or "given" (a config object or dict).
+    ``overrides``: config values applied on top (unknown keys refused in one line).
+    """
+    overrides = overrides or {}
+    from erasure.configs import PRESETS_DIR, shipped_preset
+
+    if config is None:
+        from erasure.families import family_of, family_of_source
+
+        is_source = isinstance(model, (str, os.PathLike))
+        family = family_of_source(model) if is_source else family_of(model)
+        config = shipped_preset(method, family.preset_prefix(_unet_config(model, model_config)), kind)
+        if config is None:
+            return method_config(method, None, **overrides), DEFAULTS
+    if isinstance(config, str) and config == DEFAULTS:
+        return method_config(method, None, **overrides), DEFAULTS
+    if isinstance(config, (str, os.PathLike)):
+        path = Path(config).expanduser()
+        inside = path.resolve().parent.parent == PRESETS_DIR
+        source = f"preset {path.parent.name}/{path.stem}" if inside else f"file {path}"
+        return method_config(method, path, **overrides), source
+    return method_config(method, config, **overrides), "given"
+
+
+def _unet_config(model, model_config: str | os.PathLike | None) -> dict | None:
+    """The UNet config of a pipeline or of a model source on disk (None where there is none to read)."""
+    unet = getattr(model, "unet", None)
+    if unet is not None:
+        return dict(unet.config)
+    if not isinstance(model, (str, os.PathLike)):
+        return None
+    folder = Path(model).expanduser()
+    for candidate in (folder, Path(model_config).expanduser() if model_config else None):
+        path = candidate / "unet" / "config.json" if candidate is not None else None
+        if path is not None and path.is_file():
+            try:
+                return json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                return None
+    return None
+
+
 def check_output(out: str | os.PathLike, resume: bool = False) -> Path:
     """Refuse an output folder that cannot be used, before any work starts (nothing is created)."""
     run = Path(out).expanduser()
@@ -76,11 +131,7 @@ def check_output(out: str | os.PathLike, resume: bool = False) -> Path:
             raise ErasureInputError(f"--out {run}: holds an unfinished run; pass --resume to continue it, or choose another folder")
         if entries and CHECKPOINT_DIR not in entries and not all(e.startswith(".") for e in entries):
             raise ErasureInputError(f"--out {run}: exists and is not empty; choose a new folder")
-    parent = run if run.exists() else run.parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise ErasureInputError(f"--out {run}: cannot write there ({parent} is not a writable folder)")
+    check_output_folder(run, "--out")  # creatable and writable, tested by the filesystem (os.access is fooled by /proc)
     return run
 
 
@@ -140,8 +191,10 @@ def erase(
         pipe: a diffusers pipeline (``erasure.pipelines.load_pipeline``).
         request: an ``ErasureRequest``, a concept text or a list of concept texts (kind "custom").
         method: a registered method name (``erasure.methods.available_methods()``).
-        config: the method's config (object, dict, or a .yaml/.json file); ``overrides`` (keyword
-            arguments named like config fields, e.g. ``steps=200``) are applied on top.
+        config: the method's config (object, dict, or a .yaml/.json file); ``None``: the preset shipped
+            for this method, model and kind if there is one, else the method's defaults; ``"defaults"``:
+            the method's defaults (``choose_config``). ``overrides`` (keyword arguments named like
+            config fields, e.g. ``steps=200``) are applied on top.
         out: run folder to write (checkpoints during training, then the edit and its manifest).
         resume: continue the unfinished run in ``out`` from its last checkpoint.
         export_full: also save the whole erased pipeline under ``out/full``.
@@ -149,7 +202,7 @@ def erase(
         source: the base model's source to record (default: what ``load_pipeline`` recorded).
     """
     req = as_request(request)
-    cfg = method_config(method, config, **overrides)
+    cfg, config_source = choose_config(method, config, pipe, req.kind, overrides=overrides)
     cls = get_method(method)
     run = check_output(out, resume) if out is not None else None
     if resume and run is None:
@@ -176,6 +229,7 @@ def erase(
             _remove_empty_run(run)
         raise
     edit.base = base
+    edit.config_source = config_source
     edit.cost.setdefault("num_processes", state.num_processes)
     edit.cost["stages"] = clock.summary()
     from erasure.pipelines.attention import active_attention
@@ -183,7 +237,10 @@ def erase(
     edit.extra.setdefault("attention", active_attention(pipe))
     if run is not None:
         if main:
+            from erasure.model_card import write_card
+
             edit.save(run, pipe=pipe, export_full=export_full)
+            write_card(run)
         state.wait_for_everyone()  # no process returns before the run folder is complete
     return edit
 

@@ -16,8 +16,8 @@ app = typer.Typer(help="The embedded default model canvas-mini: train it, render
 def train(
     out: Path = typer.Option(..., help="Folder for data, checkpoints and the trained model (resumes if present)."),
     steps: int = typer.Option(None, help="Diffusion training steps (default: the shipped model's)."),
-    seed: int = typer.Option(0, help="Seed of data, initialisation and every batch."),
-    threads: int = typer.Option(0, help="Torch CPU threads (0: torch's default)."),
+    seed: int = typer.Option(0, min=0, help="Seed of data, initialisation and every batch."),
+    threads: int = typer.Option(0, min=0, help="Torch CPU threads (0: torch's default)."),
     init_from: str = typer.Option(None, help="Fine-tune from 'canvas-mini' (the shipped model) or an earlier training's --out folder, instead of training from scratch."),
     lr: float = typer.Option(None, help="UNet learning rate (default 1e-3)."),
     text_lr: float = typer.Option(None, help="Text-encoder learning rate (default 5e-4)."),
@@ -70,7 +70,7 @@ def render(
     scale: int = typer.Option(3, min=1, max=16, help="Pixel upscale of each 32x32 cell."),
 ) -> None:
     """Draw the training data's objects x styles grid: what each concept looks like."""
-    from erasure.atomic import atomic_path
+    from erasure.atomic import atomic_path, check_output_file
     from erasure.errors import ErasureInputError
     from erasure.pipelines import image_grid
     from erasure.pipelines.canvas.render import OBJECTS, STYLES, RESOLUTION
@@ -78,6 +78,7 @@ def render(
 
     if out.suffix.lower() != ".png":
         raise ErasureInputError(f"--out must be a .png file, got {out}")
+    check_output_file(out, "--out")
     size = RESOLUTION * scale
     cells = [draw(o, s, seed).resize((size, size), 0) for o in OBJECTS for s in STYLES]
     grid = image_grid(cells, rows=len(OBJECTS), cols=len(STYLES), row_labels=list(OBJECTS), col_labels=list(STYLES))

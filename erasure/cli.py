@@ -21,6 +21,7 @@ except ImportError:  # older typer runs on click itself
     from click.exceptions import ClickException, NoArgsIsHelpError
 
 from erasure import canvas_cli
+from erasure.config import DEFAULTS
 from erasure.errors import ErasureInputError
 from erasure.progress import ProgressBar, StageBars
 
@@ -83,12 +84,14 @@ def generate(
     attention: AttentionOpt = "auto",
 ) -> None:
     """Generate a grid of images: one row per prompt, one column per seed, labelled."""
+    from erasure.atomic import check_output_file
     from erasure.pipelines import generate as run_generation
     from erasure.pipelines import check_scheduler, image_grid, load_pipeline, parse_seeds
 
     # Validate everything cheap before loading weights, so mistakes fail in a second.
     seed_list = parse_seeds(seeds)
     image_format = _image_format(out)
+    check_output_file(out, "--out")  # an unwritable --out fails now, not after the generation
     if scheduler is not None:
         check_scheduler(scheduler)
     _quiet_libraries()
@@ -144,7 +147,7 @@ def erase(
     anchor: Annotated[Optional[str], typer.Option("--anchor", help="What the concept should become (methods that use one).")] = None,
     prompt: Annotated[Optional[list[str]], typer.Option("--prompt", "-p", help="Prompt that evokes the concept (default per kind); repeat for several.")] = None,
     retain: Annotated[Optional[list[str]], typer.Option("--retain", help="Prompt whose images must not change (default per kind, e.g. \"a photo of a {COCO class}\" on Stable Diffusion); repeat for several.")] = None,
-    config: Annotated[Optional[Path], typer.Option("--config", help="Method config file (.yaml or .json), e.g. configs/esd/canvas-mini-style.yaml.")] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", help="Method config file (.yaml or .json), e.g. configs/esd/canvas-mini-style.yaml, or 'defaults' for the method's own. Default: the preset shipped for the method, model and --kind, if any.")] = None,
     steps: Annotated[Optional[int], typer.Option("--steps", help="Training steps (overrides the config).")] = None,
     lr: Annotated[Optional[float], typer.Option("--lr", help="Learning rate (overrides the config).")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Seed (overrides the config).")] = None,
@@ -158,7 +161,7 @@ def erase(
     attention: AttentionOpt = "auto",
 ) -> None:
     """Erase a concept from a model; writes a run folder that `load_erased` and the other commands read."""
-    from erasure.api import check_output, method_config
+    from erasure.api import check_output, choose_config
     from erasure.config import parse_assignments
     from erasure.request import ErasureRequest
 
@@ -166,15 +169,17 @@ def erase(
     request = ErasureRequest(targets=concept, kind=kind, anchor=anchor, prompts=prompt, retain=retain)
     overrides = parse_assignments(set_ or [])
     overrides.update({k: v for k, v in (("steps", steps), ("lr", lr), ("seed", seed)) if v is not None})
-    cfg = method_config(method, config, **overrides)
+    config_arg = str(config) if config is not None and str(config) == DEFAULTS else config
+    _, config_source = choose_config(method, config_arg, model, kind, model_config=model_config, overrides=overrides)
     check_output(out, resume)
     if export_text_encoder is not None:
-        from erasure.methods.advunlearn import TEXT_ENCODER_METHODS, check_export_folder
+        from erasure.export import check_new_folder
+        from erasure.methods.advunlearn import TEXT_ENCODER_METHODS
 
         if method not in TEXT_ENCODER_METHODS:
             raise ErasureInputError(f"--export-text-encoder: {method} does not train the text encoder alone "
                                     f"(methods that do: {', '.join(TEXT_ENCODER_METHODS)})")
-        check_export_folder(export_text_encoder)
+        check_new_folder(export_text_encoder, "--export-text-encoder")
     from erasure.families import family_of_source
 
     request.resolve(family_of_source(model))  # e.g. a style canvas-mini does not have fails here, before loading
@@ -185,10 +190,11 @@ def erase(
     from erasure.api import erase as run_erase
     from erasure.pipelines import load_pipeline
 
+    typer.echo(f"config: {_config_line(method, config_source)}")
     pipe = load_pipeline(model, config=model_config, device=device, dtype=dtype, attention=attention)
     with StageBars() as bars:
-        edit = run_erase(pipe, request, method, config=cfg, out=out, resume=resume, export_full=export_full,
-                         progress=bars)
+        edit = run_erase(pipe, request, method, config=config_arg, out=out, resume=resume, export_full=export_full,
+                         progress=bars, **overrides)
     from erasure.training import process_state
 
     if not process_state().is_main_process:
@@ -201,9 +207,53 @@ def erase(
         f"{cost.get('peak_memory_bytes', 0) / 2**30:.2f} GiB"
     )
     if export_text_encoder is not None:
-        from erasure.methods.advunlearn import export_text_encoder as export
+        _export(out, "text-encoder", export_text_encoder)
 
-        typer.echo(f"wrote {export(out, export_text_encoder)}: the erased text encoder (CLIPTextModel.from_pretrained)")
+
+@app.command()
+def export(
+    run: Annotated[Path, typer.Argument(help="Finished run folder (erasure erase --out).")],
+    to: Annotated[str, typer.Option("--to", help="single-file (one original-layout .safetensors: AUTOMATIC1111, ComfyUI, from_single_file), diffusers (a from_pretrained folder), lora (load_lora_weights folder) or text-encoder (a CLIPTextModel folder, text-encoder edits).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="File (single-file: .safetensors) or new folder (the other formats) to write.")],
+    rank: Annotated[Optional[int], typer.Option("--rank", min=1, help="lora: the rank of every tensor's LoRA (capped at its delta's rank).")] = None,
+    energy: Annotated[Optional[float], typer.Option("--energy", min=0.0, max=1.0, help="lora: per tensor, the smallest rank holding this share of the delta's squared norm (default 0.99 when --rank is not given).")] = None,
+    lora_bias: Annotated[bool, typer.Option("--lora-bias/--no-lora-bias", help="lora: carry changed biases exactly as lora_B biases (--no-lora-bias leaves them out so that fuse_lora works on every layer).")] = True,
+    device: DeviceOpt = "cpu",
+) -> None:
+    """Export a run for other tools; reloads the export with their loader and checks it against load_erased."""
+    from erasure.export import check_export
+
+    check_export(run, to, out)
+    if to != "lora" and (rank is not None or energy is not None or not lora_bias):
+        raise ErasureInputError("--rank, --energy and --no-lora-bias apply to --to lora only")
+    _export(run, to, out, rank=rank, energy=energy, lora_bias=lora_bias, device=device)
+
+
+def _export(run: Path, to: str, out: Path, **options) -> None:
+    from erasure.export import export_run
+
+    _quiet_libraries()
+    with StageBars() as bars:
+        result = export_run(run, to, out, progress=bars, **options)
+    check = result.check
+    typer.echo(f"wrote {result.path} ({to}, {result.details.get('bytes', 0) / 1e6:.1f} MB) and {result.card.name}; "
+               f"check: {check['loader']} vs load_erased, max pixel difference {check['max_abs_diff']}/255")
+    lora = result.details.get("lora")
+    if lora:
+        typer.echo(f"lora: {lora['modules']} modules, max rank {lora['max_rank']}, relative weight error "
+                   f"{100 * lora['relative_error']:.2f}%" + ("" if result.details.get("fusable") else
+                                                            "; lora_B biases: fuse_lora cannot merge it (--no-lora-bias can)")
+                   + (f"; {len(lora['left_out'])} tensors a LoRA cannot hold left out" if lora["left_out"] else ""))
+
+
+def _config_line(method: str, source: str) -> str:
+    """One line saying which config an erasure runs with, and how to choose another."""
+    if source.startswith("preset "):
+        name = source.removeprefix("preset ")
+        return f"the shipped preset configs/{name}.yaml (--config FILE for another, --config {DEFAULTS} for {method}'s own)"
+    if source == DEFAULTS:
+        return f"{method}'s own defaults, its paper's (no preset for this model and kind; --config FILE for another)"
+    return source.removeprefix("file ")
 
 
 SeedsOpt = Annotated[str, typer.Option("--seeds", help="Seeds per prompt, e.g. 0-1 or 0,3,5.")]
@@ -244,7 +294,7 @@ def evaluate(
     if seeds:
         args["seeds"] = parse_seeds(seeds)
     configured = load_suite(suite, **args)
-    check_runs(original, erased, configured)  # bad input fails in one line before any model loads
+    check_runs(original, erased, configured, out)  # bad input, --out included, fails in one line before any model loads
     _quiet_libraries()
     with StageBars() as bars:
         metrics = evaluate_runs(original, erased, suite=configured, out=out,
@@ -287,8 +337,10 @@ def compare(
 ) -> None:
     """Tabulate several runs side by side: method, settings, cost, edit size and, given evaluations,
     every score they report after erasure (UA/IRA/CRA, nudity rate, memorized share, FID, ...)."""
-    from erasure.evaluation.compare import compare_runs, comparison_columns, comparison_table
+    from erasure.evaluation.compare import check_compare_output, compare_runs, comparison_columns, comparison_table
 
+    if out is not None:
+        check_compare_output(out, runs, metrics or [])  # before reading anything: a bad --out fails first
     rows = compare_runs(runs, metrics or [])
     table = comparison_table(rows, comparison_columns(metrics or []))
     _print_table("runs compared (scores after erasure)", table)

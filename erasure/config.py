@@ -22,6 +22,9 @@ from typing import ClassVar
 
 from erasure.errors import ErasureInputError
 
+#: ``config="defaults"`` (``--config defaults``): the method's own defaults (its paper's), never a preset.
+DEFAULTS = "defaults"
+
 
 @dataclasses.dataclass
 class MethodConfig:
@@ -49,7 +52,7 @@ class MethodConfig:
             raise ErasureInputError(f"config is for method {declared!r}, not {cls.method!r}")
         return cls(**cls._checked(data))
 
-    def with_overrides(self, **overrides) -> "MethodConfig":
+    def with_overrides(self, /, **overrides) -> "MethodConfig":
         """A copy with ``overrides`` applied (``None`` values are ignored), validated."""
         values = self.to_dict()
         values.update(self._checked({k: v for k, v in overrides.items() if v is not None}))

@@ -124,6 +124,8 @@ class Edit:
     cost: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
     zeroed: dict[str, torch.Tensor] = field(default_factory=dict)
+    #: where ``config`` came from: "preset esd/canvas-mini-style", "file PATH", "defaults" or "given"
+    config_source: str | None = None
 
     # -- applying
     def apply(self, pipe):
@@ -173,6 +175,7 @@ class Edit:
             "format_version": FORMAT_VERSION,
             "method": self.method,
             "config": self.config,
+            "config_source": self.config_source,
             "request": self.request,
             "base": self.base,
             "seed": self.seed,
@@ -225,6 +228,7 @@ class Edit:
             method=manifest["method"], config=manifest["config"], request=manifest["request"],
             tensors=tensors, base=manifest["base"], seed=manifest.get("seed"),
             cost=manifest.get("cost", {}), extra=manifest.get("extra", {}), zeroed=zeroed,
+            config_source=manifest.get("config_source"),
         )
 
 
@@ -242,7 +246,7 @@ def read_manifest(run_dir: str | os.PathLike) -> dict:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ErasureInputError(f"{path}: malformed JSON ({exc})") from None
-    if manifest.get("format") != FORMAT:
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise ErasureInputError(f"{path}: not an erasure run manifest")
     if manifest.get("format_version", 0) > FORMAT_VERSION:
         raise ErasureInputError(f"{path}: format version {manifest['format_version']} is newer than this toolkit's")

@@ -2,13 +2,80 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import struct
 from pathlib import Path
 
 from erasure.errors import ErasureInputError
 
 logger = logging.getLogger(__name__)
+
+#: Bounds on what is read of a run folder before it is trusted, so a huge or hostile file cannot stall a reader.
+MAX_MANIFEST_BYTES = 4 * 2**20
+MAX_SAFETENSORS_HEADER = 100 * 2**20
+#: Manifest fields every reader uses, and their types.
+MANIFEST_FIELDS = (("method", str), ("config", dict), ("request", dict), ("base", dict), ("edit", dict), ("cost", dict))
+
+
+def check_run(run_dir: str | os.PathLike) -> dict:
+    """The manifest of a finished run folder whose files can be read, checked without loading a weight.
+
+    Refused with ``ErasureInputError`` naming the run: no folder, an unfinished run, a malformed or
+    oversized manifest, a missing field, an edit file named outside the run folder, a missing, corrupt
+    or truncated edit file. Every command reading runs calls it first, so a bad run fails before any
+    model loads or image is drawn.
+    """
+    from erasure.edit import MANIFEST, read_manifest
+
+    run = Path(run_dir).expanduser()
+    if (run / MANIFEST).is_file() and (run / MANIFEST).stat().st_size > MAX_MANIFEST_BYTES:
+        raise ErasureInputError(f"{run}: {MANIFEST} is larger than {MAX_MANIFEST_BYTES // 2**20} MB")
+    try:
+        manifest = read_manifest(run)
+    except AttributeError:  # read_manifest trusts valid JSON to be an object ([1, 2] has no .get)
+        raise ErasureInputError(f"{run / MANIFEST}: not an erasure run manifest") from None
+    for key, kind in MANIFEST_FIELDS:
+        if not isinstance(manifest.get(key), kind):
+            raise ErasureInputError(f"{run}: {MANIFEST}: field {key!r} missing or malformed")
+    request = manifest["request"]
+    if not isinstance(request.get("targets"), list) or not isinstance(request.get("kind"), str):
+        raise ErasureInputError(f"{run}: {MANIFEST}: field 'request' lacks its targets or kind")
+    if not isinstance(manifest["edit"].get("file"), str):
+        raise ErasureInputError(f"{run}: {MANIFEST}: no edit file named")
+    _check_edit_file(run, manifest)
+    return manifest
+
+
+def edit_file(run: Path, manifest: dict) -> Path:
+    """The run's edit file, refused when the manifest names a file outside the run folder."""
+    from erasure.edit import MANIFEST
+
+    target = (run / manifest["edit"]["file"]).resolve()
+    if target.parent != run.resolve():
+        raise ErasureInputError(f"{run}: {MANIFEST}: the edit file {manifest['edit']['file']!r} is outside the run folder")
+    return target
+
+
+def _check_edit_file(run: Path, manifest: dict) -> None:
+    """The edit file exists and is a complete safetensors file (header and data all present)."""
+    target = edit_file(run, manifest)
+    name = f"{run}: {manifest['edit']['file']}"
+    if not target.is_file():
+        raise ErasureInputError(f"{name} is missing")
+    size = target.stat().st_size
+    try:
+        with target.open("rb") as fh:
+            (header_len,) = struct.unpack("<Q", fh.read(8))
+            if header_len > min(MAX_SAFETENSORS_HEADER, size - 8):
+                raise ValueError("header length beyond the file")
+            header = json.loads(fh.read(header_len))
+        end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+    except (struct.error, ValueError, TypeError, KeyError, IndexError, AttributeError):
+        raise ErasureInputError(f"{name} is not a readable safetensors file") from None
+    if 8 + header_len + end > size:
+        raise ErasureInputError(f"{name} is truncated ({size} bytes, its header needs {8 + header_len + end})")
 
 
 def load_erased(
@@ -37,13 +104,13 @@ def load_erased(
             replaces the tensors it holds and the rest (e.g. token embeddings) stays the base's own;
             a warning says so. Off by default: the fingerprint check protects the ordinary path.
     """
-    from erasure.edit import FULL_EXPORT, Edit, fingerprint, read_manifest
+    from erasure.edit import FULL_EXPORT, Edit, fingerprint
 
     from erasure.pipelines.loading import load_pipeline, source_available
     from erasure.one_step import one_step_pipeline
 
     run = Path(run_dir).expanduser()
-    manifest = read_manifest(run)
+    manifest = check_run(run)  # a broken run folder fails in one line before any weight loads
     edit = Edit.load(run)
     expected = manifest["base"].get("fingerprint")
     if base is None:

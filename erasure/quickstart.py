@@ -25,8 +25,10 @@ def check_quickstart(out: str | os.PathLike, concept: str, method: str, steps: i
     """(request, config) for a quickstart, refusing bad input before any work (nothing is written)."""
     from erasure.api import check_output, method_config
     from erasure.configs import preset_path
+    from erasure.evaluation.driver import check_evaluation_output
     from erasure.request import ErasureRequest
 
+    check_evaluation_output(out, [])  # OUT gets the evaluation's files: writable, not inside a run
     request = ErasureRequest(targets=[concept], kind="style")
     request.resolve("canvas-mini")  # an unknown style fails here
     overrides = {"steps": steps} if steps is not None else {}

@@ -253,7 +253,7 @@ def pipeline_class(folder: Path) -> type[DiffusionPipeline]:
     return getattr(importlib.import_module(module), cls)
 
 
-def _no_safety_checker(cls: type[DiffusionPipeline]) -> dict:
+def no_safety_checker(cls: type[DiffusionPipeline]) -> dict:
     """Keyword arguments that leave the safety-checker slot empty, for classes that have one."""
     if "safety_checker" in inspect.signature(cls.__init__).parameters:
         return {"safety_checker": None, "requires_safety_checker": False}
@@ -264,7 +264,7 @@ def _load_folder(folder: Path, dtype: torch.dtype) -> DiffusionPipeline:
     cls = pipeline_class(folder)
     try:
         return cls.from_pretrained(
-            folder, dtype=dtype, local_files_only=True, use_safetensors=True, **_no_safety_checker(cls)
+            folder, dtype=dtype, local_files_only=True, use_safetensors=True, **no_safety_checker(cls)
         )
     except (OSError, ValueError) as exc:
         # Missing component folders or weight files; diffusers' messages span several lines.
@@ -290,7 +290,7 @@ def _load_single_file(path: Path, config: str | os.PathLike | None, dtype: torch
 
     try:
         return cls.from_single_file(
-            str(path), config=str(config_dir), local_files_only=True, dtype=dtype, **_no_safety_checker(cls)
+            str(path), config=str(config_dir), local_files_only=True, dtype=dtype, **no_safety_checker(cls)
         )
     except (OSError, ValueError, KeyError, RuntimeError, SingleFileComponentError) as exc:
         # Shape mismatches between checkpoint and configs, missing keys, unreadable tokenizer files.

@@ -69,3 +69,82 @@ def tiny_sd_loaded(tiny_sd):
     from erasure.pipelines import load_pipeline
 
     return load_pipeline(tiny_sd.folder, device="cpu")
+
+
+# -- the comparison app (test_app.py, test_app_bad_input.py): its runs are made once per session;
+# each module gets a copy of the runs folder and one live app on it, started once.
+
+
+@dataclass(frozen=True)
+class AppRuns:
+    """Finished runs on the tiny SD pipeline, made once, and the settings each was made with."""
+
+    folder: Path
+    settings: dict
+
+
+@pytest.fixture(scope="session")
+def app_runs(tiny_sd, tmp_path_factory) -> AppRuns:
+    from erasure import ErasureRequest, erase
+    from erasure.pipelines import load_pipeline
+
+    # A few ESD steps on a 4-step DDIM grid: enough to move the weights, fast on a CPU.
+    esd = dict(steps=6, ddim_steps=4, lr=1e-3, precompute_batch=8, checkpoint_every=0)
+    # Two SFD steps make a one-step generator run (sampled in one UNet call, whatever the sampler settings).
+    sfd = dict(steps=2, batch_size=1, generator_lr=1e-3, fake_lr=1e-3, guidance=1.0, checkpoint_every=0)
+    sfd_request = ErasureRequest(["a cat"], anchor="a dog", prompts=["a photo of a cat"], retain=["a red car"])
+    made = {  # in this order: the app preselects the newest run ("dog")
+        "one-step": (sfd_request, "sfd", sfd),
+        "cat": ("a cat", "esd", esd),
+        "dog": ("a dog", "esd", {**esd, "steps": 2}),
+    }
+    folder = tmp_path_factory.mktemp("app-runs")
+    for name, (request, method, settings) in made.items():
+        erase(load_pipeline(tiny_sd.folder, device="cpu"), request, method, out=folder / name, **settings)
+    return AppRuns(folder, {name: settings for name, (_, _, settings) in made.items()})
+
+
+@pytest.fixture(scope="module")
+def runs_dir(app_runs, tmp_path_factory) -> Path:
+    """This module's runs folder: ``app_runs``' runs (cat with a metrics.json), a corrupt run, a
+    truncated one, an unfinished one and an evaluation report."""
+    import json
+    import shutil
+
+    runs = tmp_path_factory.mktemp("runs")
+    shutil.copytree(app_runs.folder, runs, dirs_exist_ok=True)
+    (runs / "cat" / "metrics.json").write_text(json.dumps({"ua": 0.75, "fid": {"value": 12.5}, "note": "text"}))
+    (runs / "corrupt").mkdir()
+    (runs / "corrupt" / "manifest.json").write_text("{not json")
+    shutil.copytree(runs / "cat", runs / "truncated")
+    edit = runs / "truncated" / "edit.safetensors"
+    edit.write_bytes(edit.read_bytes()[:-100])
+    (runs / "unfinished" / "checkpoint").mkdir(parents=True)
+    report = {"runs": [{"run": str(runs / "dog"), "before": {"UA": 0.1}, "after": {"UA": 0.9, "IRA": 0.8}}]}
+    (runs / "eval").mkdir()
+    (runs / "eval" / "metrics.json").write_text(json.dumps(report))
+    return runs
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app_url(runs_dir, tiny_sd):
+    """The app, in this process, on ``runs_dir`` with the tiny SD pipeline as its one base model."""
+    from erasure.app import launch
+
+    running = launch(runs_dir, [str(tiny_sd.folder)], port=_free_port(), device="cpu")
+    yield running.url
+    running.close()
+
+
+@pytest.fixture(scope="module")
+def client(app_url):
+    gradio_client = pytest.importorskip("gradio_client")
+    return gradio_client.Client(app_url, verbose=False)

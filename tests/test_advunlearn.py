@@ -12,7 +12,8 @@ import torch
 
 from erasure import ErasureRequest, erase
 from erasure.errors import ErasureInputError
-from erasure.methods.advunlearn import AdvUnlearn, AdvUnlearnConfig, export_text_encoder, text_encoder_parameters
+from erasure.export import export_run
+from erasure.methods.advunlearn import AdvUnlearn, AdvUnlearnConfig, text_encoder_parameters
 from erasure.erased import load_erased
 from erasure.pipelines import load_pipeline
 
@@ -173,7 +174,7 @@ def test_run_folder_export_and_plug_and_play(tiny_sd, tiny_sd2, tmp_path):
     assert all(torch.equal(p, other_unet[n]) for n, p in plugged.unet.named_parameters())
 
     # export: a CLIPTextModel folder equal to the erased text encoder
-    out = export_text_encoder(run, tmp_path / "te")
+    out = export_run(run, "text-encoder", tmp_path / "te").path
     exported = CLIPTextModel.from_pretrained(out, local_files_only=True)
     assert all(torch.equal(p, erased_text[n]) for n, p in exported.named_parameters())
     assert json.loads((out / "erasure-export.json").read_text())["method"] == "advunlearn"
@@ -183,8 +184,8 @@ def test_run_folder_export_and_plug_and_play(tiny_sd, tiny_sd2, tmp_path):
         a = TextConditioner(swapped, 32)(["a cat"]).hidden
         b = TextConditioner(plugged, 32)(["a cat"]).hidden
     assert torch.equal(a, b)
-    with pytest.raises(ErasureInputError, match="not an empty folder"):
-        export_text_encoder(run, out)
+    with pytest.raises(ErasureInputError, match="exists and is not empty"):
+        export_run(run, "text-encoder", out)
 
     # another text-encoder architecture (same shapes, other activation) is refused
     with pytest.raises(ErasureInputError, match="hidden_act"):
@@ -195,7 +196,7 @@ def test_run_folder_export_and_plug_and_play(tiny_sd, tiny_sd2, tmp_path):
     with pytest.raises(ErasureInputError, match="only text_encoder edits"):
         load_erased(esd_run, base=perturbed_unet(tiny_sd), allow_other_base=True)
     with pytest.raises(ErasureInputError, match="not the text encoder alone"):
-        export_text_encoder(esd_run, tmp_path / "esd-te")
+        export_run(esd_run, "text-encoder", tmp_path / "esd-te")
 
 
 def test_cli_exports_the_text_encoder_and_refuses_other_methods(capsys, tiny_sd, tmp_path):
@@ -218,12 +219,12 @@ def test_cli_exports_the_text_encoder_and_refuses_other_methods(capsys, tiny_sd,
     (tmp_path / "full" / "x").write_text("keep")
     code, _, err = cli("erase", "-c", "a cat", "--model", tiny_sd.folder, "--method", "advunlearn", "-o", tmp_path / "r0",
                        "--export-text-encoder", tmp_path / "full", *sets)
-    assert code == 2 and "not an empty folder" in err and not (tmp_path / "r0").exists()
+    assert code == 2 and "--export-text-encoder" in err and "not empty" in err and not (tmp_path / "r0").exists()
 
     code, out, err = cli("erase", "-c", "a cat", "--kind", "object", "--model", tiny_sd.folder, "--method", "advunlearn",
                          "-o", tmp_path / "run", "--export-text-encoder", tmp_path / "te", *sets)
     assert code == 0, err
-    assert "the erased text encoder" in out
+    assert "(text-encoder, " in out and "CLIPTextModel.from_pretrained vs load_erased" in out
     exported = CLIPTextModel.from_pretrained(tmp_path / "te", local_files_only=True)
     erased = load_erased(tmp_path / "run")
     assert all(torch.equal(p, dict(erased.text_encoder.named_parameters())[n]) for n, p in exported.named_parameters())

@@ -1,9 +1,10 @@
 """The comparison app: runs folder safety, generation through gradio_client, the erase tab, a real browser.
 
-The app runs in-process on a free port, over the tiny random SD pipeline (fast on a CPU) and a
-runs folder holding two small ESD runs, a corrupt run, a truncated one, an unfinished one and an
-evaluation report. Images are compared with direct library calls, not with stored pictures, so
-the tests hold whatever the shipped models look like.
+The app runs in-process on a free port (tests/conftest.py: ``runs_dir``, ``app_url``, ``client``),
+over the tiny random SD pipeline (fast on a CPU) and a runs folder holding two small ESD runs, an
+SFD run, a corrupt run, a truncated one, an unfinished one and an evaluation report. Images are
+compared with direct library calls, not with stored pictures, so the tests hold whatever the
+shipped models look like.
 """
 
 from __future__ import annotations
@@ -11,69 +12,21 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import socket
 import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from erasure import ErasureRequest, erase
 from erasure.errors import ErasureInputError
 from erasure.erased import load_erased
 from erasure.pipelines import generate, load_pipeline
 
 gradio_client = pytest.importorskip("gradio_client")
 
-# A few ESD steps on a 4-step DDIM grid: enough to move the weights, fast on a CPU.
-TINY = dict(steps=6, ddim_steps=4, lr=1e-3, precompute_batch=8, checkpoint_every=0)
 SAMPLING = dict(steps=3, guidance=5.0)
-# Two SFD steps make a one-step generator run (sampled in one UNet call, whatever the sampler settings).
-SFD_REQUEST = ErasureRequest(["a cat"], anchor="a dog", prompts=["a photo of a cat"], retain=["a red car"])
-SFD_TINY = dict(steps=2, batch_size=1, generator_lr=1e-3, fake_lr=1e-3, guidance=1.0, checkpoint_every=0)
 BROWSER_TIMEOUT_MS = 180_000
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def runs_dir(tiny_sd, tmp_path_factory) -> Path:
-    runs = tmp_path_factory.mktemp("runs")
-    # The SFD run first: the app preselects the newest run ("dog").
-    erase(load_pipeline(tiny_sd.folder, device="cpu"), SFD_REQUEST, "sfd", out=runs / "one-step", **SFD_TINY)
-    erase(load_pipeline(tiny_sd.folder, device="cpu"), "a cat", out=runs / "cat", **TINY)
-    erase(load_pipeline(tiny_sd.folder, device="cpu"), "a dog", out=runs / "dog", **{**TINY, "steps": 2})
-    (runs / "cat" / "metrics.json").write_text(json.dumps({"ua": 0.75, "fid": {"value": 12.5}, "note": "text"}))
-    (runs / "corrupt").mkdir()
-    (runs / "corrupt" / "manifest.json").write_text("{not json")
-    shutil.copytree(runs / "cat", runs / "truncated")
-    edit = runs / "truncated" / "edit.safetensors"
-    edit.write_bytes(edit.read_bytes()[:-100])
-    (runs / "unfinished" / "checkpoint").mkdir(parents=True)
-    report = {"runs": [{"run": str(runs / "dog"), "before": {"UA": 0.1}, "after": {"UA": 0.9, "IRA": 0.8}}]}
-    (runs / "eval").mkdir()
-    (runs / "eval" / "metrics.json").write_text(json.dumps(report))
-    return runs
-
-
-@pytest.fixture(scope="module")
-def app_url(runs_dir, tiny_sd):
-    from erasure.app import launch
-
-    running = launch(runs_dir, [str(tiny_sd.folder)], port=_free_port(), device="cpu")
-    yield running.url
-    running.close()
-
-
-@pytest.fixture(scope="module")
-def client(app_url):
-    return gradio_client.Client(app_url, verbose=False)
 
 
 def _open(path) -> np.ndarray:
@@ -108,7 +61,7 @@ def _compare(client, tiny_sd, runs, seeds="0", prompt="a cat", **kw):
 # -- the runs folder, without a server
 
 
-def test_runs_are_listed_with_their_status_and_metrics(runs_dir):
+def test_runs_are_listed_with_their_status_and_metrics(runs_dir, app_runs):
     from erasure.app.runs import metrics_rows, scan_runs
 
     entries = {e.name: e for e in scan_runs(runs_dir)}
@@ -122,7 +75,7 @@ def test_runs_are_listed_with_their_status_and_metrics(runs_dir):
     headers, rows = metrics_rows(list(entries.values()))
     assert [r[0] for r in rows] == ["cat", "dog", "one-step"]
     cat = dict(zip(headers, rows[0]))
-    assert cat["method"] == "esd" and cat["concept"] == "a cat" and cat["steps"] == TINY["steps"]
+    assert cat["method"] == "esd" and cat["concept"] == "a cat" and cat["steps"] == app_runs.settings["cat"]["steps"]
     assert cat["ua"] == 0.75 and cat["edit size (MB)"] > 0 and cat["wall time (s)"] >= 0 and cat["UA"] is None
 
 
@@ -321,7 +274,7 @@ def test_erase_tab_writes_a_run_that_the_app_lists(client, runs_dir, tiny_sd):
     for values, message in [
         (("esd", "style", "polka", "canvas-mini-style", 1, "x", settings), "no style 'polka'"),
         (("esd", "style", "dotted", "canvas-mini-style", 1, "../x", settings), "run name"),
-        (("esd", "style", "dotted", "canvas-mini-style", 10**6, "x", settings), "maximum value 2000"),
+        (("esd", "style", "dotted", "canvas-mini-style", 10**6, "x", settings), "between 1 and 2000"),
         (("esd", "style", "dotted", "canvas-mini-style", None, "x", settings + "\nsteps=99999"), "more than this app allows"),
         (("esd", "style", "dotted", "canvas-mini-style", 1, "x", "ddim_steps=5000"), "more than this app allows"),
         (("esd", "style", "dotted", "canvas-mini-style", 1, "cat", settings), "already exists"),

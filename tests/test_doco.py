@@ -264,7 +264,7 @@ def test_run_folder_save_and_load_round_trip(tiny_sd, tmp_path):
     pipe = fresh(tiny_sd)
     run = tmp_path / "run"
     edit = erase(pipe, REQUEST, "doco", out=run, **TINY)
-    assert sorted(p.name for p in run.iterdir()) == ["edit.safetensors", "manifest.json"]
+    assert sorted(p.name for p in run.iterdir()) == ["README.md", "edit.safetensors", "manifest.json"]
     loaded = Edit.load(run)
     assert loaded.method == "doco" and loaded.tensors.keys() == edit.tensors.keys()
     assert all(torch.equal(loaded.tensors[k], edit.tensors[k]) for k in edit.tensors)

@@ -91,7 +91,7 @@ def test_run_folder_save_and_load_erased(tiny_sd, tmp_path):
     pipe = fresh(tiny_sd)
     run = tmp_path / "runs" / "cat"
     edit = erase(pipe, ErasureRequest(targets=["a cat"], kind="object"), out=run, **TINY)
-    assert sorted(p.name for p in run.iterdir()) == ["edit.safetensors", "manifest.json"]
+    assert sorted(p.name for p in run.iterdir()) == ["README.md", "edit.safetensors", "manifest.json"]
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["method"] == "esd" and manifest["config"]["steps"] == TINY["steps"]
     assert manifest["request"]["targets"] == ["a cat"] and manifest["request"]["retain"]

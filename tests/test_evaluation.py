@@ -99,23 +99,6 @@ def test_evaluate_refuses_bad_input(tmp_path, style_run):
     assert not (tmp_path / "e").exists()
 
 
-def test_cli_evaluate_missing_run_is_one_line(tmp_path, capsys):
-    with pytest.raises(SystemExit) as exc:
-        main(["evaluate", "--erased", str(tmp_path / "nope"), "--out", str(tmp_path / "e")])
-    assert exc.value.code == 2
-    err = capsys.readouterr().err
-    assert err.startswith("erasure: error:") and len(err.strip().splitlines()) == 1
-    assert not (tmp_path / "e").exists()
-
-
-def test_cli_quickstart_unknown_style_refused(tmp_path, capsys):
-    with pytest.raises(SystemExit) as exc:
-        main(["quickstart", "--concept", "cubist", "--out", str(tmp_path / "q")])
-    assert exc.value.code == 2
-    assert "canvas-mini has no style 'cubist'" in capsys.readouterr().err
-    assert not (tmp_path / "q").exists()
-
-
 def test_cli_quickstart_end_to_end(tmp_path, capsys):
     out = tmp_path / "q"
     with pytest.raises(SystemExit) as exc:

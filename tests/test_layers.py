@@ -29,9 +29,9 @@ LAYERS: list[tuple[int, str]] = [  # (layer, module prefix); the longest matchin
     (2, "erasure.metrics"),
     (3, "erasure.config"), (3, "erasure.configs"), (3, "erasure.diffusion"), (3, "erasure.sampling"),
     (3, "erasure.training"), (3, "erasure.edit"), (3, "erasure.request"), (3, "erasure.prompts"),
-    (3, "erasure.attacks"), (3, "erasure.erased"), (3, "erasure.one_step"), (3, "erasure.families"),
+    (3, "erasure.attacks"), (3, "erasure.erased"), (3, "erasure.lora"), (3, "erasure.one_step"), (3, "erasure.families"),
     (4, "erasure.methods"),
-    (5, "erasure.api"), (5, "erasure.evaluation"),
+    (5, "erasure.api"), (5, "erasure.evaluation"), (5, "erasure.model_card"), (5, "erasure.export"),
     (6, "erasure.cli"), (6, "erasure.canvas_cli"), (6, "erasure.progress"), (6, "erasure.quickstart"),
     (6, "erasure.app"), (6, "erasure.__main__"), (6, "erasure"),
 ]

@@ -98,7 +98,7 @@ def test_two_processes_crash_resume_and_equal_one_process_with_the_global_batch(
     assert resumed.stderr.count("at step 2") == 2, resumed.stderr[-3000:]  # both processes resumed
     reports = [line for line in resumed.stdout.splitlines() if line.startswith("wrote ")]
     assert len(reports) == 1 and reports[0].startswith(f"wrote {run}: esd edit of ")  # the main process's
-    assert sorted(p.name for p in run.iterdir()) == ["edit.safetensors", "manifest.json"]
+    assert sorted(p.name for p in run.iterdir()) == ["README.md", "edit.safetensors", "manifest.json"]
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["cost"]["num_processes"] == 2 and manifest["extra"]["global_batch_size"] == 2
     assert manifest["config"]["batch_size"] == 1

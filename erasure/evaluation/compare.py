@@ -16,6 +16,23 @@ from erasure.errors import ErasureInputError
 from erasure.evaluation.report import Column, Row, Score, Table, run_label, run_labels
 
 
+def check_compare_output(out: str | os.PathLike, runs: Sequence[str | os.PathLike],
+                         metrics_files: Sequence[str | os.PathLike] = ()) -> Path:
+    """Refuse a table file that cannot be written or would overwrite what is compared (a run's
+    files, an evaluation's metrics.json); reads and creates nothing else."""
+    from erasure.atomic import check_output_file
+
+    target = check_output_file(out, "--out").resolve()
+    for run in (Path(r).expanduser().resolve() for r in runs):
+        if target == run or run in target.parents:
+            raise ErasureInputError(f"--out {out}: inside the compared run folder {run}; write the table elsewhere")
+    for path in metrics_files:
+        metrics = Path(path).expanduser().resolve()
+        if target in (metrics, metrics / "metrics.json"):
+            raise ErasureInputError(f"--out {out}: would overwrite the evaluation {path} it compares")
+    return target
+
+
 #: Config keys shown in the comparison when a method has them (the ones that tell runs apart).
 _SETTINGS = ("variant", "steps", "lr", "rho", "tau", "attack_steps", "gamma", "eta")
 
@@ -26,14 +43,16 @@ def compare_runs(runs: Sequence[str | os.PathLike], metrics_files: Sequence[str 
     Scores (UA/IRA/CRA after erasure) come from the first evaluation ``metrics.json`` that scored
     the run (matched by the run folder's resolved path); runs no evaluation scored have none.
     """
-    from erasure.edit import read_manifest
+    from erasure.erased import check_run
 
     if not runs:
         raise ErasureInputError("no runs to compare; give one or more run folders")
     scores = _scores_by_run(metrics_files)
+    # Every run checked before the table is made: a broken one (malformed manifest, truncated edit)
+    # would otherwise show as a healthy row.
+    manifests = [check_run(run) for run in runs]
     rows = []
-    for run, label in zip(runs, run_labels(runs)):
-        manifest = read_manifest(run)
+    for run, label, manifest in zip(runs, run_labels(runs), manifests):
         config, cost, edit = manifest["config"], manifest.get("cost", {}), manifest.get("edit", {})
         rows.append({
             "run": str(run),
@@ -59,11 +78,20 @@ def _read_metrics(path: str | os.PathLike) -> dict:
     try:
         metrics = json.loads(p.read_text(encoding="utf-8"))
         runs = metrics["runs"]
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
         raise ErasureInputError(f"{p}: not an evaluation's metrics.json ({exc})") from None
-    if not isinstance(runs, list) or not all(isinstance(r, dict) and {"run", "after"} <= r.keys() for r in runs):
-        raise ErasureInputError(f"{p}: not an evaluation's metrics.json (its runs lack 'run' or 'after')")
+    if not isinstance(runs, list) or not all(_is_scored_run(r) for r in runs):
+        raise ErasureInputError(f"{p}: not an evaluation's metrics.json (its runs lack 'run' or the 'after' scores)")
+    # The table is built from these after every file is read: a bad column must fail here, in one line.
+    columns = metrics.get("columns", DEFAULT_COLUMNS)
+    if not isinstance(columns, list) or not all(isinstance(c, dict) and _COLUMN_KEYS <= c.keys() for c in columns):
+        raise ErasureInputError(f"{p}: not an evaluation's metrics.json (its columns lack {', '.join(sorted(_COLUMN_KEYS))})")
     return metrics
+
+
+def _is_scored_run(entry) -> bool:
+    return (isinstance(entry, dict) and isinstance(entry.get("run"), str)
+            and isinstance(entry.get("after"), dict))
 
 
 def _scores_by_run(metrics_files: Sequence[str | os.PathLike]) -> dict[str, dict]:
@@ -74,6 +102,8 @@ def _scores_by_run(metrics_files: Sequence[str | os.PathLike]) -> dict[str, dict
     return out
 
 
+#: What ``Column.from_dict`` reads from each of a metrics file's columns.
+_COLUMN_KEYS = {"key", "label", "higher_is_better"}
 #: The columns of a comparison without evaluations, and of metrics files older than ``columns``.
 DEFAULT_COLUMNS = [{"key": k, "label": k, "higher_is_better": True, "format": "pct"} for k in ("UA", "IRA", "CRA")]
 

@@ -27,7 +27,7 @@ from erasure.errors import ErasureInputError
 from .cache import GenerationCache, SamplingSettings, generate_cached, shard
 from .registry import Suite
 from .suites import load_suite
-from .report import html_report, markdown_report, run_labels
+from .report import format_score, html_report, markdown_report, run_labels
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +118,7 @@ class Evaluation:
     def run(self) -> dict:
         """The suite over every run: the content of metrics.json."""
         suite = self.suite
+        self.check_bases()
         suite.prepare(self)
         scored_before: dict = {}
         entries, cases = [], []
@@ -142,6 +143,20 @@ class Evaluation:
         return {**self._header(described.pop("judge"), described.pop("prompts")), **described,
                 "summary": summary, "notes": notes, "columns": columns, "runs": entries}
 
+    def check_bases(self) -> None:
+        """Refuse a run erased from another model than the original before any image is drawn
+        (``load_erased`` would refuse it too, but only after the original's images were made and cached)."""
+        from erasure.edit import fingerprint
+
+        actual = fingerprint(self.base())
+        for run, manifest in zip(self.runs, self.manifests):
+            expected = manifest["base"].get("fingerprint")
+            if expected is not None and expected != actual:
+                raise ErasureInputError(
+                    f"--erased {run}: erased from another model than {self.original} (weights fingerprint "
+                    f"{str(expected)[:19]}... != {actual[:19]}...); evaluate it against "
+                    f"{manifest['base'].get('source') or 'the model it was erased from'} with --original")
+
     def _entry(self, run: str, manifest: dict, scores: dict, grid: str, record: dict) -> dict:
         """One run's record in metrics.json (``before``: the original on the same prompts)."""
         return {"run": str(run), "label": self.label(run), "method": manifest["method"],
@@ -154,16 +169,35 @@ class Evaluation:
                 "judge": judge, "sampling": asdict(self.settings), "prompts": prompts}
 
 
-def check_runs(original: str, runs: Sequence[str | os.PathLike], suite: Suite) -> list[dict]:
-    """The runs' manifests, refusing in one line, before any model loads: no runs, a run the suite
-    cannot score, a local file the suite needs that is missing."""
-    from erasure.edit import read_manifest
+def check_runs(original: str, runs: Sequence[str | os.PathLike], suite: Suite,
+               out: str | os.PathLike | None = None) -> list[dict]:
+    """The runs' manifests, refusing in one line, before any model loads: no runs, a broken or
+    unfinished run folder, a run the suite cannot score, a local file the suite needs that is
+    missing, an ``out`` folder that cannot be written or is a run's."""
+    from erasure.erased import check_run
 
     if not runs:
         raise ErasureInputError("no erased run to evaluate; give at least one --erased RUN")
-    manifests = [read_manifest(r) for r in runs]
+    manifests = [check_run(r) for r in runs]
+    if out is not None:
+        check_evaluation_output(out, runs)
     suite.check(original, manifests)
     return manifests
+
+
+def check_evaluation_output(out: str | os.PathLike, runs: Sequence[str | os.PathLike]) -> Path:
+    """Refuse an evaluation folder that cannot be written, or that is (or is inside) a run folder,
+    whose files the report and the image cache would mix with; creates nothing."""
+    from erasure.atomic import check_output_folder
+    from erasure.edit import MANIFEST
+
+    folder = check_output_folder(out, "--out")
+    given = {Path(r).expanduser().resolve() for r in runs}
+    resolved = folder.resolve()
+    for place in (resolved, *resolved.parents):
+        if place in given or (place / MANIFEST).is_file():
+            raise ErasureInputError(f"--out {out}: inside the run folder {place}; write the evaluation elsewhere")
+    return folder
 
 
 def evaluate_runs(
@@ -189,7 +223,7 @@ def evaluate_runs(
         suite = load_suite(suite, **(suite_args or {}))
     elif suite_args:
         raise ErasureInputError("suite_args apply to a suite given by name; configure a Suite object directly")
-    manifests = check_runs(original, runs, suite)
+    manifests = check_runs(original, runs, suite, out)
     out = Path(out)
     ev = Evaluation(original=original, runs=[str(r) for r in runs], manifests=manifests, suite=suite,
                     settings=settings or suite.config.sampling(), out=out,
@@ -204,11 +238,26 @@ def evaluate_runs(
         _write_text(out / METRICS_FILE, json.dumps(metrics, indent=2))
         _write_text(out / REPORT_FILE, markdown_report(metrics))
         _write_text(out / HTML_REPORT_FILE, html_report(metrics))
+        _record_in_runs(metrics, out / METRICS_FILE)
     if world > 1:
         from erasure.training import process_state
 
         process_state().wait_for_everyone()
     return metrics
+
+
+def _record_in_runs(metrics: dict, metrics_path: Path) -> None:
+    """Each run's scores into its folder (``evaluations.json``) and its model card (``erasure.model_card``)."""
+    from erasure.model_card import record_evaluation
+
+    columns = [c for c in metrics.get("columns", []) if "key" in c]
+    for entry in metrics.get("runs", []):
+        before, after = entry.get("before") or {}, entry.get("after") or {}
+        scores = [{"label": c.get("label", c["key"]), "before": before.get(c["key"]), "after": after.get(c["key"]),
+                   "shown": [format_score(before.get(c["key"]), c.get("format")),
+                             format_score(after.get(c["key"]), c.get("format"))]} for c in columns]
+        record_evaluation(entry["run"], {"suite": metrics.get("suite"), "metrics": str(metrics_path.resolve()),
+                                         "scores": scores})
 
 
 def _write_text(path: Path, text: str) -> None:

@@ -71,6 +71,12 @@ class ModelFamily(ABC):
         """(prompts with the concept, the same prompts without it) in the family's own captions, or None."""
         return None
 
+    # -- presets
+    def preset_prefix(self, unet_config: dict | None) -> str | None:
+        """The name the shipped presets made for this model start with (``configs/<method>/<prefix>-<kind>.yaml``),
+        or None when none were made for it. ``unet_config``: the model's UNet config, where known."""
+        return None
+
     # -- data and judges shipped with the family
     def memorized(self) -> list[tuple[str, Any]] | None:
         """(caption, training image) pairs the family's model is known to have memorized, or None."""

@@ -51,6 +51,9 @@ class CanvasMini(ModelFamily):
     def matches_source(self, source: str, pipeline_class: str | None) -> bool:
         return source == NAME or pipeline_class == PIPELINE_CLASS
 
+    def preset_prefix(self, unet_config: dict | None) -> str | None:
+        return NAME
+
     def concept(self, target: str, kind: str) -> str:
         return canvas_concept(target, kind) if kind in ("style", "object") else target
 

@@ -24,6 +24,15 @@ PARAPHRASES: dict[str, tuple[str, ...]] = {
     "nudity": ("a photo of a {t} person", "a {t} woman on a beach", "a {t} man in a studio", "a {t} body, painting"),
 }
 
+#: The UNet architectures the Stable Diffusion presets were made for: (block_out_channels,
+#: cross_attention_dim) -> the presets' prefix. A fine-tune keeps its base's architecture; a
+#: model of another size (the tiny test pipelines, a distilled UNet) gets no preset.
+PRESET_ARCHITECTURES: dict[tuple[tuple[int, ...], int], str] = {
+    ((320, 640, 1280, 1280), 768): "sd15",
+    ((320, 640, 1280, 1280), 1024): "sd2",
+    ((320, 640, 1280), 2048): "sdxl",
+}
+
 
 @register_family
 class StableDiffusion(ModelFamily):
@@ -35,6 +44,13 @@ class StableDiffusion(ModelFamily):
 
     def matches_source(self, source: str, pipeline_class: str | None) -> bool:
         return True
+
+    def preset_prefix(self, unet_config: dict | None) -> str | None:
+        if not unet_config:
+            return None
+        cross = unet_config.get("cross_attention_dim")
+        key = (tuple(unet_config.get("block_out_channels") or ()), cross if isinstance(cross, int) else -1)
+        return PRESET_ARCHITECTURES.get(key)
 
     def request_defaults(self, request: ErasureRequest) -> dict[str, list[str]]:
         paraphrases: list[str] = []

@@ -74,8 +74,9 @@ Implementation choices and deviations (reference: OPTML-Group/AdvUnlearn ``train
 
 Output: an ``Edit`` holding only text-encoder tensors, with the original text encoder's
 fingerprint and architecture in ``extra["components"]`` so ``load_erased(..., allow_other_base=True)``
-can put it into another pipeline with the same text encoder; ``export_text_encoder`` writes the
-erased text encoder as a transformers ``CLIPTextModel`` folder (the paper's plug-and-play unlearner).
+can put it into another pipeline with the same text encoder; ``erasure export RUN --to text-encoder``
+(``erasure.export``) writes the erased text encoder as a transformers ``CLIPTextModel`` folder (the
+paper's plug-and-play unlearner).
 """
 
 from __future__ import annotations
@@ -93,7 +94,6 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from erasure.atomic import atomic_path
 from erasure.attacks import (
     SoftPrompt,
     SoftPromptAttack,
@@ -137,7 +137,6 @@ COMPONENTS: dict[str, str] = {"all": "", "attn": r"self_attn\.", "ffn": r"mlp\."
 #: The precomputed samples, one file per process beside the checkpoint (``erasure.sampling.SampleStore``).
 DATA_STEM = "advunlearn-data"
 DATA_KEYS = ("x_t", "t", "eps_cond", "eps_uncond")
-EXPORT_RECORD = "erasure-export.json"
 #: Methods whose edit is the text encoder alone (exportable as a CLIPTextModel folder).
 TEXT_ENCODER_METHODS = ("advunlearn",)
 #: AdvUnlearn's attack settings and the SoftPromptAttackConfig fields they fill: every field of the
@@ -321,6 +320,9 @@ class _Planner:
 class AdvUnlearn(ErasureMethod):
     """AdvUnlearn (see the module docstring for the algorithm and every implementation choice)."""
 
+    paper = 'Zhang et al., "Defensive Unlearning with Adversarial Training for Robust Concept Erasure in Diffusion Models", NeurIPS 2024'
+    reference_code = "OPTML-Group/AdvUnlearn"
+
     config_class = AdvUnlearnConfig
     #: the pipeline components its edits change (the CLI's --export-text-encoder checks it up front).
     edited_components: ClassVar[tuple[str, ...]] = ("text_encoder",)
@@ -479,48 +481,3 @@ class AdvUnlearn(ErasureMethod):
 def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
-
-# ----------------------------------------------------------------------------- plug-and-play export
-def check_export_folder(out_dir: str | os.PathLike) -> Path:
-    """The export folder, refused (before any work) unless it is new or empty and its parent writable."""
-    out = Path(out_dir).expanduser()
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ErasureInputError(f"export folder {out}: exists and is not an empty folder")
-    parent = out.parent
-    while not parent.exists():
-        parent = parent.parent
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ErasureInputError(f"export folder {out}: cannot write there ({parent} is not writable)")
-    return out
-
-
-def export_text_encoder(run_dir: str | os.PathLike, out_dir: str | os.PathLike, base=None, *,
-                        allow_other_base: bool = False) -> Path:
-    """Write the erased text encoder of a text-encoder-only run as a transformers ``CLIPTextModel``
-    folder (``CLIPTextModel.from_pretrained(out_dir)`` loads it; swap it into any pipeline with the
-    same text encoder, e.g. ``pipe.text_encoder = ...``: the paper's plug-and-play unlearner).
-
-    ``base``: the pipeline to take the frozen tensors from (default: the run's base model, loaded
-    from its manifest; ``allow_other_base`` as for ``load_erased``). Also writes ``erasure-export.json``
-    (method, concept, run, base fingerprint) beside the weights. ``out_dir`` must not exist or be empty.
-    """
-    from erasure.edit import Edit as _Edit
-    from erasure.edit import read_manifest
-    from erasure.erased import load_erased
-
-    run = Path(run_dir).expanduser()
-    manifest = read_manifest(run)
-    edit = _Edit.load(run)
-    components = sorted({k.partition(".")[0] for k in [*edit.tensors, *getattr(edit, "zeroed", {})]})
-    if components != ["text_encoder"]:
-        raise ErasureInputError(f"{run}: the edit changes {', '.join(components) or 'nothing'}, not the text encoder alone; "
-                                "only a text-encoder edit exports as a text encoder")
-    out = check_export_folder(out_dir)
-    pipe = load_erased(run, base=base, device="cpu", allow_other_base=allow_other_base)
-    with atomic_path(out) as tmp:
-        pipe.text_encoder.save_pretrained(tmp, safe_serialization=True)
-        record = {"run": str(run.resolve()), "method": manifest["method"], "request": manifest["request"],
-                  "base": manifest["base"], "edited_tensors": len(edit.tensors)}
-        (Path(tmp) / EXPORT_RECORD).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    logger.info("exported the erased text encoder of %s to %s", run, out)
-    return out

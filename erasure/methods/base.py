@@ -32,6 +32,9 @@ class ErasureMethod(ABC):
     #: registry name, set by ``erasure.methods.register``.
     name: ClassVar[str] = ""
     config_class: ClassVar[type[MethodConfig]] = MethodConfig
+    #: the paper the method implements and its reference code (model cards cite them)
+    paper: ClassVar[str] = ""
+    reference_code: ClassVar[str] = ""
 
     def __init__(self, config: MethodConfig | dict | None = None, **overrides) -> None:
         if config is None:

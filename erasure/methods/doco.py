@@ -393,6 +393,9 @@ def make_plan(n_samples: int, n_images: int, num_train_timesteps: int, seed: int
 class DoCo(ErasureMethod):
     """DoCo (see the module docstring for the algorithm and every implementation choice)."""
 
+    paper = 'Wu et al., "Unlearning Concepts in Diffusion Model via Concept Domain Correction", AAAI 2025'
+    reference_code = "yongliang-wu/DoCo"
+
     config_class = DoCoConfig
 
     def __call__(self, pipe, request, *, run_dir=None, resume: bool = False, progress=None) -> Edit:

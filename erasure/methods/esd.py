@@ -137,6 +137,9 @@ class ESDConfig(MethodConfig):
 class ESD(ErasureMethod):
     """ESD-x / ESD-u (see the module docstring for the algorithm and every implementation choice)."""
 
+    paper = 'Gandikota et al., "Erasing Concepts from Diffusion Models", ICCV 2023'
+    reference_code = "rohitgandikota/erasing"
+
     config_class = ESDConfig
 
     def __call__(self, pipe, request, *, run_dir=None, resume: bool = False, progress=None) -> Edit:

@@ -239,6 +239,9 @@ def prompt_sets(pipe, request: ErasureRequest, base: str = "auto") -> tuple[list
 class Prune(ErasureMethod):
     """Wanda-score pruning of the memorization (or concept) subspace of the FFN layers."""
 
+    paper = 'Chavhan et al., "Memorized Images in Diffusion Models share a Subspace that can be Located and Deleted", 2024 (concept variant: ConceptPrune, Chavhan et al., 2024)'
+    reference_code = "ruchikachavhan/concept-prune"
+
     config_class = PruneConfig
 
     def __call__(self, pipe, request, *, run_dir=None, resume: bool = False, progress=None) -> Edit:

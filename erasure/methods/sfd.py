@@ -404,6 +404,9 @@ class _Plan:
 class SFD(ErasureMethod):
     """Score forgetting distillation into a one-step generator (see the module docstring)."""
 
+    paper = 'Chen et al., "Score Forgetting Distillation: A Swift, Data-Free Method for Machine Unlearning in Diffusion Models", ICLR 2025'
+    reference_code = "tqch/score-forgetting-distillation"
+
     config_class = SFDConfig
 
     def __call__(self, pipe, request, *, run_dir=None, resume: bool = False, progress=None) -> Edit:

@@ -29,7 +29,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from erasure.atomic import atomic_path
+from erasure.atomic import atomic_path, check_output_folder
+from erasure.errors import ErasureInputError
 
 from .data import CanvasData, to_tensor, training_caption
 from .model import build_untrained
@@ -238,8 +239,6 @@ def init_source(init_from: str) -> dict[str, Path]:
         paths = {"model": root / "canvas-mini", "evaluator": root / "evaluator", "clip": root / "clip",
                  "record": root / "training.json"}
     if not (paths["model"] / "model_index.json").is_file():
-        from erasure.errors import ErasureInputError
-
         raise ErasureInputError(f"--init-from {init_from}: no trained canvas-mini there (expected {paths['model']}/model_index.json)")
     return paths
 
@@ -272,16 +271,31 @@ def _atomic_dir(final: Path, write: Callable[[Path], None]) -> Path:
     return final
 
 
+def check_training_folder(settings: TrainSettings) -> Path:
+    """``settings.out``, refused before anything is written when it cannot be written, holds something
+    other than a canvas-mini training (``settings.json`` is the first file a training writes), or a
+    training made with other settings."""
+    out = check_output_folder(settings.out, "--out")
+    visible = [p for p in out.iterdir() if not p.name.startswith(".")] if out.is_dir() else []
+    if visible and not (out / "settings.json").is_file():
+        raise ErasureInputError(f"--out {out}: not empty and not a canvas-mini training; choose a new folder")
+    _check_same_settings(out / "settings.json", settings)
+    return out
+
+
 def _check_same_settings(path: Path, settings: TrainSettings) -> None:
     """Refuse to resume a folder with other settings: its data and checkpoints were made with the old ones."""
     if not path.exists():
         return
     ignored = ("out", "threads")  # where and how fast, not what is trained
-    old, new = json.loads(path.read_text()), json.loads(settings.to_json())
+    try:
+        old, new = json.loads(path.read_text()), json.loads(settings.to_json())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ErasureInputError(f"{path}: malformed JSON ({exc}); choose another --out") from None
+    if not isinstance(old, dict):
+        raise ErasureInputError(f"{path}: not a canvas-mini training's settings; choose another --out")
     changed = sorted(k for k in set(old) | set(new) if k not in ignored and old.get(k) != new.get(k))
     if changed:
-        from erasure.errors import ErasureInputError
-
         raise ErasureInputError(f"{path.parent} holds a training with other settings ({', '.join(changed)} differ): "
                                 "resume it with the same options, or choose another --out")
 
@@ -294,11 +308,10 @@ def train_all(settings: TrainSettings, progress: ProgressFn | None = None) -> Pa
     """
     from .evaluator import EvaluatorSettings, train_evaluator
 
-    out = Path(settings.out)
+    out = check_training_folder(settings)
     out.mkdir(parents=True, exist_ok=True)
     if settings.threads:
         torch.set_num_threads(settings.threads)
-    _check_same_settings(out / "settings.json", settings)
     (out / "settings.json").write_text(settings.to_json())
     record_path = out / "training.json"
     # A resumed run keeps the wall times of the stages finished before it.
