@@ -165,7 +165,7 @@ def _reference_image(run: Path, manifest: dict, device: str, report: Progress):
 
     report("reference image", 0, 1, {})
     prompt = _check_prompt(manifest)
-    image = _image(load_erased(run, device=device), prompt)
+    image = _image(_for_check(load_erased(run, device="cpu", dtype=_base_dtype(manifest)), manifest, device), prompt)
     report("reference image", 1, 1, {})
     return prompt, image
 
@@ -188,7 +188,7 @@ def _single_file(run: Path, manifest: dict, tmp: Path, *, device: str, report: P
     from erasure.pipelines.single_file import save_single_file
 
     report("writing", 0, 1, {})
-    pipe = load_erased(run, device="cpu", dtype="fp32")
+    pipe = load_erased(run, device="cpu", dtype=_base_dtype(manifest))
     cls = type(pipe)
     configs = Path(tempfile.mkdtemp(prefix="erasure-configs-"))
     _save_configs(pipe, configs)
@@ -205,7 +205,7 @@ def _single_file(run: Path, manifest: dict, tmp: Path, *, device: str, report: P
             import shutil
 
             shutil.rmtree(configs, ignore_errors=True)
-        return reloaded.to(_device(device))
+        return _for_check(reloaded, manifest, device)
 
     return {"bytes": tmp.stat().st_size}, load, f"{cls.__name__}.from_single_file"
 
@@ -236,7 +236,7 @@ def _diffusers(run: Path, manifest: dict, tmp: Path, *, device: str, report: Pro
     from erasure.pipelines.loading import pipeline_class
 
     report("writing", 0, 1, {})
-    pipe = load_erased(run, device="cpu")
+    pipe = load_erased(run, device="cpu", dtype=_base_dtype(manifest))
     pipe.save_pretrained(tmp, safe_serialization=True)
     del pipe
     gc.collect()
@@ -244,7 +244,7 @@ def _diffusers(run: Path, manifest: dict, tmp: Path, *, device: str, report: Pro
     cls = pipeline_class(tmp)
 
     def load():
-        reloaded = cls.from_pretrained(tmp, local_files_only=True, **_no_safety_checker(cls)).to(_device(device))
+        reloaded = _for_check(cls.from_pretrained(tmp, local_files_only=True, **_no_safety_checker(cls)), manifest, device)
         return one_step_pipeline(reloaded, manifest.get("extra"))  # SFD's generator samples in one step
 
     size = sum(p.stat().st_size for p in tmp.rglob("*") if p.is_file())
@@ -259,7 +259,7 @@ def _lora(run: Path, manifest: dict, tmp: Path, *, device: str, rank, energy, lo
     edit = Edit.load(run)
     lora = lora_from_edit(edit, base, rank=rank, energy=energy, include_bias=lora_bias,
                           progress=lambda done, total: report("factorising", done, total, {}))
-    states = lora.state_dicts(_storage_dtype(edit))
+    states = lora.state_dicts(edit.storage_dtype())
     tmp.mkdir()
     layers = {f"{component}_lora_layers": state for component, state in states.items()}
     type(base).save_lora_weights(str(tmp), weight_name=LORA_WEIGHTS, **layers)
@@ -269,7 +269,7 @@ def _lora(run: Path, manifest: dict, tmp: Path, *, device: str, rank, energy, lo
         with warnings.catch_warnings():  # peft warns that a lora_bias cannot be fused into a bias-free layer
             warnings.simplefilter("ignore")
             base.load_lora_weights(str(tmp))
-        return base.to(_device(device))
+        return _for_check(base, manifest, device)
 
     return details, load, f"{type(base).__name__}.load_lora_weights"
 
@@ -280,7 +280,7 @@ def _text_encoder(run: Path, manifest: dict, tmp: Path, *, device: str, report: 
     from erasure.erased import load_erased
 
     report("writing", 0, 1, {})
-    pipe = load_erased(run, device="cpu")
+    pipe = load_erased(run, device="cpu", dtype=_base_dtype(manifest))
     pipe.text_encoder.save_pretrained(tmp, safe_serialization=True)
     del pipe
     gc.collect()
@@ -289,7 +289,7 @@ def _text_encoder(run: Path, manifest: dict, tmp: Path, *, device: str, report: 
     def load():
         base = _load_base(manifest)
         base.text_encoder = CLIPTextModel.from_pretrained(tmp, local_files_only=True).to(base.text_encoder.dtype)
-        return base.to(_device(device))
+        return _for_check(base, manifest, device)
 
     size = sum(p.stat().st_size for p in tmp.rglob("*") if p.is_file())
     return {"bytes": size}, load, "CLIPTextModel.from_pretrained"
@@ -302,14 +302,22 @@ def _load_base(manifest: dict):
     return load_pipeline(base["source"], config=base.get("config"), device="cpu", dtype="fp32")
 
 
-def _storage_dtype(edit):
-    return edit.storage_dtype()
+def _base_dtype(manifest: dict) -> str:
+    """The base's dtype as ``load_pipeline`` names it: an export keeps the base's precision (a float16
+    checkpoint stays float16; its edit was stored in float16 too, so nothing is lost)."""
+    return {"float16": "fp16", "bfloat16": "bf16"}.get(str(manifest["base"].get("dtype")), "fp32")
 
 
-def _device(device: str):
-    from erasure.pipelines.loading import resolve_device
+def _for_check(pipe, manifest: dict, device: str):
+    """``pipe`` on the check's device and dtype, the same for the reference and the export: the base's
+    dtype on an accelerator, float32 on the CPU (half-precision weights upcast exactly)."""
+    import torch
 
-    return resolve_device(device)
+    from erasure.pipelines.loading import resolve_device, resolve_dtype
+
+    target = resolve_device(device)
+    dtype = torch.float32 if target.type == "cpu" else resolve_dtype(_base_dtype(manifest), target)
+    return pipe.to(target, dtype)
 
 
 def _no_safety_checker(cls) -> dict:

@@ -58,12 +58,14 @@ def test_single_file_reloads_with_from_single_file_and_matches(esd_u_run, tmp_pa
 
 
 @pytest.mark.parametrize("fixture", ["tiny_sd2", "tiny_sdxl"])
-def test_single_file_for_sd2_and_sdxl(fixture, request, tmp_path):
+def test_single_file_and_lora_for_sd2_and_sdxl(fixture, request, tmp_path):
     saved = request.getfixturevalue(fixture)
     run = tmp_path / "run"
     erase(fresh(saved), CAT, "esd", out=run, variant="esd-x", **ESD)
     result = export_run(run, "single-file", tmp_path / "x.safetensors")
     assert result.check["loader"].endswith(".from_single_file") and result.check["max_abs_diff"] <= 2
+    lora = export_run(run, "lora", tmp_path / "lora", rank=10_000)
+    assert lora.details["lora"]["relative_error"] < 1e-4 and lora.check["max_abs_diff"] <= 2
 
 
 def test_diffusers_folder_reloads_with_from_pretrained(esd_u_run, tmp_path):
@@ -209,3 +211,18 @@ def test_erase_without_config_uses_the_preset_and_says_so(tmp_path, capsys):
     assert "the shipped preset configs/esd/canvas-mini-style.yaml" in out.splitlines()[0]
     manifest = read_manifest(tmp_path / "x")
     assert manifest["config_source"] == "preset esd/canvas-mini-style" and manifest["config"]["variant"] == "esd-x"
+
+
+def test_a_half_precision_run_exports_in_its_own_dtype(esd_u_run, tmp_path):
+    """A run made on a bfloat16 load (on a GPU; the CPU trains in float32): its exports stay bfloat16."""
+    import dataclasses
+
+    from safetensors import safe_open
+
+    edit = Edit.load(esd_u_run)
+    run = dataclasses.replace(edit, base={**edit.base, "dtype": "bfloat16"}).save(tmp_path / "bf16")
+    result = export_run(run, "single-file", tmp_path / "x.safetensors")
+    assert result.check["max_abs_diff"] <= 2
+    with safe_open(str(tmp_path / "x.safetensors"), framework="pt") as f:
+        assert f.get_tensor(next(k for k in f.keys() if k.startswith("model.diffusion_model."))).dtype == torch.bfloat16
+    assert export_run(run, "lora", tmp_path / "lora", rank=10_000).check["max_abs_diff"] <= 2
