@@ -24,6 +24,7 @@ from PIL import Image
 from safetensors import SafetensorError
 
 from erasure.edit import Edit, fingerprint, pipeline_modules
+from erasure.erased import chain_edit, origin
 from erasure.errors import ErasureInputError
 from erasure.pipelines import generate, load_pipeline, parse_seeds
 from erasure.pipelines.canvas.model import EMBEDDED_MODEL_NAME
@@ -190,7 +191,7 @@ def load_edits(runs_dir: Path, names: Sequence[str], model: LoadedModel) -> dict
         entry = inspect_run(runs_dir, name)
         if not entry.ok:
             raise ErasureInputError(f"run {name!r} cannot be used ({entry.status}): {entry.problem}")
-        expected = entry.manifest["base"].get("fingerprint")
+        expected = origin(entry.manifest).get("fingerprint")  # a chain's end: the model the chain started from
         if expected != model.fingerprint:
             made_for = Path(entry.base_source).name or "another model"
             raise ErasureInputError(f"run {name!r} was made for {made_for}, not for the chosen base model; "
@@ -204,7 +205,7 @@ def _load_edit(runs_dir: Path, name: str, path: Path) -> Edit:
     # parse (an unknown dtype, shapes that disagree with the offsets), or a folder changed since,
     # still fails here, and is the run's problem, not the app's.
     try:
-        return Edit.load(path)
+        return chain_edit(path)  # a run that ends a chain: every run's edit, merged in order
     except ErasureInputError as exc:
         raise ErasureInputError(f"run {name!r} cannot be used: {relative_message(str(exc), runs_dir)}") from None
     except (SafetensorError, OSError, ValueError) as exc:

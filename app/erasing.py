@@ -1,6 +1,8 @@
 """The app's erase tab: a new erasure on the embedded model, written as a run into the runs folder.
 
-The same path as ``erasure erase --model canvas-mini``: an ``ErasureRequest``, the method's config
+The same path as ``erasure erase --model canvas-mini`` (or ``--model RUN``: the base may be a finished
+run of the runs folder made on the embedded model, whose chain the new run continues): an
+``ErasureRequest``, the method's config
 (a preset from ``erasure.configs`` plus overrides), ``erasure.erase`` writing the run
 folder. What the browser sends is bounded: the run name is one plain folder name inside the runs
 folder, the settings are a few KEY=VALUE lines, and the sizes that set the cost are capped.
@@ -118,9 +120,51 @@ class EraseJob:
     #: ``erase`` gets these, so the run's manifest names the preset (``config_source``)
     preset: Path | None = None
     overrides: dict | None = None
+    #: a run of the runs folder to start from (sequential erasure), or None for the embedded model
+    base_run: Path | None = None
 
 
-def check_job(runs_dir: Path, *, method, kind, concept, preset, steps, name, settings, max_steps: int) -> EraseJob:
+def base_choices(runs_dir: Path) -> list[str]:
+    """What the erase tab can start from: the embedded model, then every finished run of the runs
+    folder whose chain started from it and that can be continued (not an SFD one-step generator)."""
+    from erasure.erased import origin
+    from erasure.one_step import SAMPLER
+
+    from .runs import scan_runs
+
+    return [EMBEDDED_MODEL_NAME] + [
+        e.name for e in scan_runs(runs_dir)
+        if e.ok and origin(e.manifest).get("source") == EMBEDDED_MODEL_NAME
+        and (e.manifest.get("extra") or {}).get("sampler") != SAMPLER]
+
+
+def check_base(runs_dir: Path, base) -> Path | None:
+    """The run folder the erasure starts from (None: the embedded model itself): only a finished run
+    inside the runs folder, made on the embedded model, whose chain is whole and can be continued."""
+    from erasure.erased import chain_links, check_chain_start, origin
+
+    from .runs import inspect_run, relative_message, resolve_run
+
+    if base in (None, "", EMBEDDED_MODEL_NAME):
+        return None
+    if not isinstance(base, str):
+        raise ErasureInputError(f"base {quoted(base)}: expected {EMBEDDED_MODEL_NAME} or a run name")
+    path = resolve_run(runs_dir, base)  # only a run inside the runs folder, by name
+    entry = inspect_run(runs_dir, base)
+    if not entry.ok:
+        raise ErasureInputError(f"base run {base!r} cannot be used ({entry.status}): {entry.problem}")
+    if origin(entry.manifest).get("source") != EMBEDDED_MODEL_NAME:
+        raise ErasureInputError(f"base run {base!r} was not made on {EMBEDDED_MODEL_NAME}; this tab erases from it only")
+    try:
+        chain_links(path)
+        check_chain_start(base, entry.manifest)
+    except ErasureInputError as exc:
+        raise ErasureInputError(relative_message(str(exc), runs_dir)) from None
+    return path
+
+
+def check_job(runs_dir: Path, *, method, kind, concept, preset, steps, name, settings, max_steps: int,
+              base=EMBEDDED_MODEL_NAME) -> EraseJob:
     """An ``EraseJob`` from the form's values; ``ErasureInputError`` naming the first bad one.
 
     The values arrive as the client sent them (the app turns Gradio's preprocessing off): the
@@ -133,6 +177,7 @@ def check_job(runs_dir: Path, *, method, kind, concept, preset, steps, name, set
         raise ErasureInputError("enter the concept to erase (at most 200 characters)")
     request = ErasureRequest(targets=[concept], kind=kind)
     request.resolve(EMBEDDED_MODEL_NAME)  # an unknown canvas-mini style or object fails here, in a second
+    base_run = check_base(runs_dir, base)
     files = presets(method)
     preset = _choice(preset, list(files), "preset")
     overrides = parse_settings(settings)
@@ -144,7 +189,7 @@ def check_job(runs_dir: Path, *, method, kind, concept, preset, steps, name, set
     if out.exists():
         raise ErasureInputError(f"a run named {name!r} already exists; choose another name")
     check_output(out)
-    return EraseJob(method, request, config, out, files[preset], overrides)
+    return EraseJob(method, request, config, out, files[preset], overrides, base_run)
 
 
 def _choice(value, options, what: str) -> str:
@@ -185,11 +230,16 @@ def _check_caps(config, max_steps: int) -> None:
 
 
 def run_job(job: EraseJob, progress: StageProgress | None = None, *, device: str = "auto") -> dict:
-    """Run the erasure on a freshly loaded embedded model; returns the written manifest's summary."""
+    """Run the erasure on a freshly loaded embedded model (or the erased model of the job's base run,
+    whose chain the new run continues); returns the written manifest's summary."""
     from erasure.api import erase
+    from erasure.erased import load_erased
     from erasure.pipelines import load_pipeline
 
-    pipe = load_pipeline(EMBEDDED_MODEL_NAME, device=device)
+    if job.base_run is not None:
+        pipe = load_erased(job.base_run, device=device)
+    else:
+        pipe = load_pipeline(EMBEDDED_MODEL_NAME, device=device)
     logger.info("app: erasing %s (%s) with %s into %s", job.request.targets, job.request.kind, job.method, job.out)
     start = job.preset if job.preset is not None else METHOD_DEFAULTS
     edit = erase(pipe, job.request, job.method, config=start, out=job.out, progress=progress, **(job.overrides or {}))

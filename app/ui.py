@@ -162,11 +162,12 @@ class ComparisonApp:
 
     # -- erase
     def erase(self, method: str, kind: str, concept: str, preset: str, steps, name: str, settings: str,
-              progress=gr.Progress()):
+              base: str = EMBEDDED_MODEL_NAME, progress=gr.Progress()):
         with _user_errors():
             job = erasing.check_job(self.runs_dir, method=method, kind=kind, concept=concept, preset=preset,
-                                    steps=steps, name=name, settings=settings, max_steps=self.limits.max_erase_steps)
-            progress(0, desc=f"loading {EMBEDDED_MODEL_NAME}")
+                                    steps=steps, name=name, settings=settings, max_steps=self.limits.max_erase_steps,
+                                    base=base)
+            progress(0, desc=f"loading {EMBEDDED_MODEL_NAME if job.base_run is None else base}")
 
             def report(stage: str, done: int, total: int, metrics: dict) -> None:
                 extra = " ".join(f"{k} {v:.4g}" for k, v in metrics.items())
@@ -263,8 +264,9 @@ def _metrics_tab(state: ComparisonApp):
 
 
 def _erase_tab(state: ComparisonApp):
-    gr.Markdown(f"Start a new erasure on the embedded model ({EMBEDDED_MODEL_NAME}). The run is written into the "
-                "runs folder and appears in the run list when it is done.")
+    gr.Markdown(f"Start a new erasure on the embedded model ({EMBEDDED_MODEL_NAME}), or on a finished run of the "
+                "runs folder (sequential erasure: the new run continues that run's chain). The run is written into "
+                "the runs folder and appears in the run list when it is done.")
     methods = available_methods()
     method = methods[0] if "esd" not in methods else "esd"
     with gr.Row():
@@ -282,8 +284,14 @@ def _erase_tab(state: ComparisonApp):
         name = gr.Textbox(label="run name (empty: automatic)", max_length=64, elem_id="erase-name")
         settings = gr.Textbox(label="other settings, KEY=VALUE per line (as `erasure erase --set`)", lines=2,
                               max_length=erasing.MAX_SETTINGS_CHARS, elem_id="erase-settings")
+        # Custom values allowed (a run finished after the page was built); check_job decides.
+        base = gr.Dropdown(erasing.base_choices(state.runs_dir), value=EMBEDDED_MODEL_NAME, allow_custom_value=True,
+                           label="start from (the embedded model, or a run to continue)", elem_id="erase-base")
     start = gr.Button("Start erasure", variant="primary", elem_id="erase-start")
     status = gr.Markdown(elem_id="erase-status")
+
+    def on_base_focus():
+        return gr.update(choices=erasing.base_choices(state.runs_dir))
 
     def on_kind(method_name: str, kind_name: str):
         choices = erasing.concept_choices(kind_name)
@@ -299,5 +307,8 @@ def _erase_tab(state: ComparisonApp):
     kind.change(on_kind, inputs=[method_box, kind], outputs=[concept, preset], api_visibility="private")
     method_box.change(on_method, inputs=[method_box, kind], outputs=preset, api_visibility="private")
     preset.change(on_preset, inputs=[method_box, preset], outputs=steps, api_visibility="private")
-    return start.click(state.erase, inputs=[method_box, kind, concept, preset, steps, name, settings], outputs=status,
-                       api_name="erase", preprocess=False, concurrency_limit=1, concurrency_id="erase")
+    base.focus(on_base_focus, outputs=base, api_visibility="private")  # runs finished since the page was built
+    done = start.click(state.erase, inputs=[method_box, kind, concept, preset, steps, name, settings, base],
+                       outputs=status, api_name="erase", preprocess=False, concurrency_limit=1, concurrency_id="erase")
+    done.then(on_base_focus, outputs=base, api_visibility="private")
+    return done

@@ -3,6 +3,10 @@
     from erasure import ErasureRequest, erase
     edit = erase(pipe, ErasureRequest(["dotted"], kind="style"), method="esd", out="runs/dotted", steps=200)
 
+Sequential erasure: ``erase(load_erased("runs/dotted"), ErasureRequest(["striped"], kind="style"),
+out="runs/striped")`` continues the chain of ``runs/dotted`` (the new manifest's ``chain``; see
+``erasure.erased``); so does a second ``erase`` of the same pipeline after one with ``out=``.
+
 The pipeline is modified in place (it is the erased pipeline afterwards) and the ``Edit`` is
 returned; with ``out=`` the run folder is written (checkpoints while training, then
 ``edit.safetensors`` and ``manifest.json``; see ``erasure.edit``).
@@ -23,6 +27,7 @@ from pathlib import Path
 from erasure.atomic import atomic_path, check_output_folder
 from erasure.config import DEFAULTS
 from erasure.edit import CHECKPOINT_DIR, MANIFEST, Edit, base_description
+from erasure.erased import chain_record, mark_run
 from erasure.errors import ErasureInputError
 from erasure.methods import MethodConfig, get_method, read_config_file
 from erasure.request import ErasureRequest
@@ -211,6 +216,9 @@ def erase(
     state = _join_processes(pipe)
     main = state.is_main_process
     base = base_description(pipe, source=source)
+    # A pipeline holding an erased run (load_erased, or an earlier erase with out=) continues its
+    # chain: this run stores only its own edit, on top of that run's pipeline.
+    chain = chain_record(pipe, base, run)
     fresh = False
     if run is not None:
         identity = {"method": method, "config": cfg.to_dict(), "request": req.to_dict(),
@@ -229,6 +237,7 @@ def erase(
             _remove_empty_run(run)
         raise
     edit.base = base
+    edit.chain = chain
     edit.config_source = config_source
     edit.cost.setdefault("num_processes", state.num_processes)
     edit.cost["stages"] = clock.summary()
@@ -242,6 +251,7 @@ def erase(
             edit.save(run, pipe=pipe, export_full=export_full)
             write_card(run)
         state.wait_for_everyone()  # no process returns before the run folder is complete
+    mark_run(pipe, run)  # the pipeline now holds this run: erasing it again continues the chain
     return edit
 
 

@@ -65,7 +65,14 @@ from erasure.diffusion import (
     unet_output,
 )
 from erasure.errors import ErasureInputError
-from erasure.sampling import SampleStore, draw_points, frozen_predictions
+from erasure.sampling import (
+    SampleStore,
+    check_trajectories,
+    draw_points,
+    frozen_predictions,
+    share_trajectories,
+    trajectory_of,
+)
 from erasure.training import mean_over_processes
 
 logger = logging.getLogger(__name__)
@@ -235,17 +242,23 @@ class TeacherSamples:
 
 
 def teacher_samples(pipe, prompt: str, n: int, *, seed: int | str = 0, ddim_steps: int = 50, guidance: float = 3.0,
-                    timesteps: str = "matched", batch_size: int = 16, resolution: int | None = None) -> TeacherSamples:
+                    timesteps: str = "matched", batch_size: int = 16, resolution: int | None = None,
+                    trajectories: str = "per-step") -> TeacherSamples:
     """``n`` samples of the ORIGINAL pipeline ``pipe`` for ``prompt`` (draws from ``seed``), computed in
-    batches of similar depth (each sample's noise from its own seed: batch-independent)."""
+    batches of similar depth (each sample's noise from its own seed: batch-independent).
+    ``trajectories: shared`` takes several of them from one trajectory (``erasure.sampling.share_trajectories``,
+    a deviation from AdvUnlearn's reference, which samples each afresh)."""
     if timesteps not in TIMESTEP_MODES:
         raise ErasureInputError(f"timesteps {timesteps!r}; expected one of {', '.join(TIMESTEP_MODES)}")
+    check_trajectories("", trajectories)
     if n < 1:
         raise ErasureInputError(f"teacher samples: n must be at least 1, got {n}")
     check_single_text_encoder(pipe, "the soft-prompt attack")
     resolution = resolution or native_resolution(pipe)
     ddim = ddim_for(pipe.scheduler, ddim_steps)
     points = draw_points(f"teacher/{seed}", n, ddim, timesteps, pipe.scheduler.config.num_train_timesteps)
+    if trajectories == "shared":
+        points = share_trajectories(points, f"teacher/{seed}")
     ac, kind = alphas_cumprod(pipe.scheduler, pipe.unet.device), prediction_type(pipe.scheduler)
     encode = TextConditioner(pipe, resolution)
     shape = latent_shape(pipe, resolution)
@@ -254,8 +267,8 @@ def teacher_samples(pipe, prompt: str, n: int, *, seed: int | str = 0, ddim_step
         cond, uncond = encode([prompt]), encode([""])
     store = SampleStore.compute(
         range(n), lambda ids: frozen_predictions(pipe.unet, ddim, cond, uncond, [points[i] for i in ids], shape,
-                                                 guidance, ac, kind),
-        keys, batch_size=batch_size, key=lambda i: points[i].depth)
+                                                 guidance, ac, kind, batch_size=batch_size),
+        keys, batch_size=batch_size, key=lambda i: points[i].depth, group=lambda i: trajectory_of(points[i]))
     return TeacherSamples(prompt, *store.rows(range(n), keys))
 
 

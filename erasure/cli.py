@@ -142,7 +142,7 @@ def erase(
     concept: Annotated[list[str], typer.Option("--concept", "-c", help="Concept to erase; repeat for several.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder to write (checkpoints, edit.safetensors, manifest.json).")],
     method: Annotated[str, typer.Option("--method", help="Erasure method (esd, ...).")] = "esd",
-    model: ModelOpt = "canvas-mini",
+    model: Annotated[str, typer.Option("--model", "-m", help="Diffusers folder, single .safetensors checkpoint (with --model-config), 'canvas-mini', or a finished run folder to continue (sequential erasure: the new run starts from that run's erased model and records the chain).")] = "canvas-mini",
     kind: Annotated[str, typer.Option("--kind", help="style, object, nudity, memorized or custom.")] = "custom",
     anchor: Annotated[Optional[str], typer.Option("--anchor", help="What the concept should become (methods that use one).")] = None,
     prompt: Annotated[Optional[list[str]], typer.Option("--prompt", "-p", help="Prompt that evokes the concept (default per kind); repeat for several.")] = None,
@@ -160,13 +160,17 @@ def erase(
     dtype: DtypeOpt = "auto",
     attention: AttentionOpt = "auto",
 ) -> None:
-    """Erase a concept from a model; writes a run folder that `load_erased` and the other commands read."""
+    """Erase concepts from a model (or from an erased run: --model RUN); writes a run folder that `load_erased` and the other commands read."""
     from erasure.api import check_output, choose_config
     from erasure.config import parse_assignments
+    from erasure.erased import base_run
     from erasure.request import ErasureRequest
 
     # Everything that costs nothing is checked before the model loads and before OUT is created.
     request = ErasureRequest(targets=concept, kind=kind, anchor=anchor, prompts=prompt, retain=retain)
+    # A run folder as --model: its chain is checked now, and presets, family and model checks go by
+    # the model the chain started from (its source and configs).
+    previous, model, model_config = base_run(model, model_config)
     overrides = parse_assignments(set_ or [])
     overrides.update({k: v for k, v in (("steps", steps), ("lr", lr), ("seed", seed)) if v is not None})
     config_arg = str(config) if config is not None and str(config) == DEFAULTS else config
@@ -190,8 +194,15 @@ def erase(
     from erasure.api import erase as run_erase
     from erasure.pipelines import load_pipeline
 
-    typer.echo(f"config: {_config_line(method, config_source)}")
-    pipe = load_pipeline(model, config=model_config, device=device, dtype=dtype, attention=attention)
+    if previous is not None:
+        from erasure.erased import load_erased
+
+        pipe = load_erased(previous, device=device, dtype=dtype, attention=attention)
+    else:
+        pipe = load_pipeline(model, config=model_config, device=device, dtype=dtype, attention=attention)
+    typer.echo(f"config: {_config_line(method, config_source)}")  # after the load: a bad model is one line alone
+    if previous is not None:
+        typer.echo(f"base: the erased model of run {previous} (the new run records the chain)")
     with StageBars() as bars:
         edit = run_erase(pipe, request, method, config=config_arg, out=out, resume=resume, export_full=export_full,
                          progress=bars, **overrides)

@@ -8,9 +8,11 @@
   empty prompt is the pipeline's unconditional condition (zeros on SDXL, as its own sampler).
 - ``sample_partial_trajectories``: run the frozen model with a prompt from pure noise (DDIM,
   classifier-free guidance) and stop each sample at its own depth, returning the x_t "where the
-  concept lives" that ESD, AdvUnlearn and DoCo train on. Batched: samples of similar depth are
-  stepped together, and each sample's starting noise comes from its own seed, so the result does
-  not depend on the batch size.
+  concept lives" that ESD, AdvUnlearn and DoCo train on. Batched: each step evaluates only the
+  samples still running (none is stepped past its depth), and each sample's starting noise comes
+  from its own seed, so the result does not depend on the batch (up to float summation order).
+  ``sample_trajectory_points`` is the general form: several depths taken from one trajectory
+  (``trajectories: shared`` in ESD and AdvUnlearn); ``SampleSteps`` counts what either ran.
 
 Everything here is stateless; the UNet is whatever module the caller passes (the frozen one).
 """
@@ -222,7 +224,122 @@ def initial_noise(seeds: Sequence[int], shape: tuple[int, ...], device, dtype) -
     return torch.stack(out).to(device, dtype)
 
 
+@dataclass
+class SampleSteps:
+    """What the trajectory sampler ran: a counter a caller passes in and reads back (benches, a run's
+    ``extra``). A sample-step is one trajectory advanced one DDIM step: one guided UNet evaluation
+    (its unconditional and conditional rows, in one batched call with the other running trajectories).
+
+    ``independent``: the sample-steps the points would need if each ran its own trajectory (the sum of
+    their depths: the paper's per-step draw); ``needed``: those the trajectories need, each run to the
+    deepest depth taken from it; ``held``: those a batch run to its deepest depth with finished samples
+    held fixed would execute (this module's sampler before issue 29); ``executed``: those run.
+    """
+
+    points: int = 0
+    trajectories: int = 0
+    independent: int = 0
+    needed: int = 0
+    held: int = 0
+    executed: int = 0
+    unet_calls: int = 0
+
+    def as_dict(self) -> dict[str, int | float | None]:
+        """The counts, plus ``executed / needed`` and ``independent / executed`` (None before any step)."""
+        out: dict[str, int | float | None] = dict(vars(self))
+        out["executed_per_needed"] = round(self.executed / self.needed, 4) if self.needed else None
+        out["independent_per_executed"] = round(self.independent / self.executed, 4) if self.executed else None
+        return out
+
+
 @torch.no_grad()
+def sample_trajectory_points(
+    unet,
+    ddim: DDIMScheduler,
+    cond: Conditions,
+    uncond: Conditions,
+    seeds: Sequence[int],
+    points: Sequence[tuple[int, int]],
+    shape: tuple[int, int, int],
+    guidance: float,
+    counter: SampleSteps | None = None,
+) -> torch.Tensor:
+    """x at ``points`` = (trajectory j, depth d) of DDIM trajectories (eta 0, guidance ``guidance``).
+
+    Trajectory j starts from the noise of ``seeds[j]`` (``initial_noise``: its own generator, so an x_t
+    does not depend on the batch it is computed in) with the condition ``cond[j]``; ``uncond`` holds one
+    condition (broadcast) or one per trajectory. Depth d is the x after d steps, at noise level
+    ``ddim.timesteps[d]`` (d = 0: the noise itself). Each trajectory runs only to the deepest depth
+    taken from it, and each step evaluates only the trajectories still running: they are ordered
+    deepest first, so the running ones are always a prefix of the batch and are sliced, not gathered.
+    Returns (len(points), *shape), in the order of ``points``.
+    """
+    n = len(seeds)
+    if len(cond) != n:
+        raise ValueError("one condition and seed per trajectory")
+    if n == 0:
+        return torch.empty((len(points), *shape), device=unet.device, dtype=cond.hidden.dtype)
+    if len(uncond) == 1 and n > 1:
+        uncond = uncond.index([0] * n)
+    order, taken, running, deepest = _schedule(n, points)
+    cond, uncond = cond.index(order), uncond.index(order)
+    x = initial_noise([seeds[j] for j in order], shape, unet.device, cond.hidden.dtype) * ddim.init_noise_sigma
+    result = x.new_empty((len(points), *shape))
+    _take(result, x, taken.get(0, ()))
+    # One input buffer for the whole run (the running trajectories, unconditional then conditional
+    # rows), and the conditions rebuilt only when a trajectory finishes: no per-step allocation here.
+    model_in = x.new_empty((2 * n, *shape))
+    both, width = None, -1
+    for i, k in enumerate(running):
+        t = ddim.timesteps[i]
+        if k != width:
+            both, width = Conditions.cat([uncond.index(list(range(k))), cond.index(list(range(k)))]), k
+        batch = model_in[: 2 * k]
+        batch[:k] = x[:k]
+        batch[k:] = x[:k]
+        out = unet_output(unet, ddim.scale_model_input(batch, t), t, both)
+        out_u, out_c = out[:k], out[k:]
+        guided = out_c.sub_(out_u).mul_(guidance).add_(out_u)  # cfg(out_u, out_c, guidance), in place
+        x[:k] = ddim.step(guided, t, x[:k], eta=0.0, return_dict=False)[0]
+        _take(result, x, taken.get(i + 1, ()))
+    if counter is not None:
+        _count(counter, n, [d for _, d in points], deepest, running)
+    return result
+
+
+def _schedule(n: int, points: Sequence[tuple[int, int]]
+              ) -> tuple[list[int], dict[int, list[tuple[int, int]]], list[int], list[int]]:
+    """For ``n`` trajectories and the (trajectory, depth) ``points`` taken from them: the trajectories
+    deepest first (``order``), per depth the (row of the result, row of the ordered batch) to copy
+    there (``taken``), how many trajectories run at each step (``running``, non-increasing: the
+    running ones are a prefix of ``order``) and each trajectory's deepest depth."""
+    deepest = [0] * n
+    for j, d in points:
+        deepest[j] = max(deepest[j], d)
+    order = sorted(range(n), key=lambda j: -deepest[j])  # stable: ties keep their order
+    position = {j: p for p, j in enumerate(order)}
+    taken: dict[int, list[tuple[int, int]]] = {}
+    for r, (j, d) in enumerate(points):
+        taken.setdefault(d, []).append((r, position[j]))
+    running = [sum(1 for j in order if deepest[j] > i) for i in range(max(deepest))]
+    return order, taken, running, deepest
+
+
+def _take(result: torch.Tensor, x: torch.Tensor, rows: Sequence[tuple[int, int]]) -> None:
+    for r, p in rows:
+        result[r] = x[p]
+
+
+def _count(counter: SampleSteps, trajectories: int, depths: list[int], deepest: list[int], running: list[int]) -> None:
+    counter.points += len(depths)
+    counter.trajectories += trajectories
+    counter.independent += sum(depths)
+    counter.needed += sum(deepest)
+    counter.held += len(depths) * max(depths, default=0)
+    counter.executed += sum(running)
+    counter.unet_calls += len(running)
+
+
 def sample_partial_trajectories(
     unet,
     ddim: DDIMScheduler,
@@ -232,27 +349,16 @@ def sample_partial_trajectories(
     seeds: Sequence[int],
     shape: tuple[int, int, int],
     guidance: float,
+    counter: SampleSteps | None = None,
 ) -> torch.Tensor:
     """Run DDIM (eta 0) with guidance from each sample's own noise for ``depths[i]`` steps.
 
     ``cond`` holds one condition per sample; ``uncond`` one (broadcast) or one per sample. Sample i
-    stops after ``depths[i]`` steps, so it lies at noise level ``ddim.timesteps[depths[i]]``; the
-    batch runs for the largest depth and finished samples are held fixed. Returns x_t (B, *shape).
+    stops after ``depths[i]`` steps, so it lies at noise level ``ddim.timesteps[depths[i]]``; each step
+    evaluates only the samples still running (``sample_trajectory_points``, one trajectory per
+    sample). Returns x_t (B, *shape).
     """
     n = len(depths)
     if len(cond) != n or len(seeds) != n:
         raise ValueError("one condition, depth and seed per sample")
-    if len(uncond) == 1 and n > 1:
-        uncond = uncond.index([0] * n)
-    dtype = cond.hidden.dtype
-    x = initial_noise(seeds, shape, unet.device, dtype) * ddim.init_noise_sigma
-    depth = torch.as_tensor(list(depths), device=unet.device)
-    both = Conditions.cat([uncond, cond])
-    for i, t in enumerate(ddim.timesteps[: int(depth.max().item()) if n else 0]):
-        active = depth > i
-        model_in = ddim.scale_model_input(torch.cat([x, x]), t)
-        out_u, out_c = unet_output(unet, model_in, t, both).chunk(2)
-        guided = cfg(out_u, out_c, guidance)
-        stepped = ddim.step(guided, t, x, eta=0.0, return_dict=False)[0]
-        x = torch.where(active.reshape(-1, 1, 1, 1), stepped.to(x.dtype), x)
-    return x
+    return sample_trajectory_points(unet, ddim, cond, uncond, seeds, list(enumerate(depths)), shape, guidance, counter)

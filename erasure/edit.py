@@ -126,6 +126,11 @@ class Edit:
     zeroed: dict[str, torch.Tensor] = field(default_factory=dict)
     #: where ``config`` came from: "preset esd/canvas-mini-style", "file PATH", "defaults" or "given"
     config_source: str | None = None
+    #: a run started from an erased run (``erasure erase --model RUN``): ``{"origin": the original
+    #: base (as ``base`` describes one), "runs": each earlier run, first to last (path, method, kind,
+    #: targets, fingerprint of the pipeline it produced)}``; None for a run on a model itself.
+    #: ``base`` is then the last earlier run's pipeline (see ``erasure.erased``).
+    chain: dict | None = None
 
     # -- applying
     def apply(self, pipe):
@@ -184,6 +189,7 @@ class Edit:
             "versions": library_versions(),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "extra": self.extra,
+            **({"chain": self.chain} if self.chain else {}),
         }
 
     def save(self, run_dir: str | os.PathLike, *, pipe=None, export_full: bool = False) -> Path:
@@ -228,7 +234,7 @@ class Edit:
             method=manifest["method"], config=manifest["config"], request=manifest["request"],
             tensors=tensors, base=manifest["base"], seed=manifest.get("seed"),
             cost=manifest.get("cost", {}), extra=manifest.get("extra", {}), zeroed=zeroed,
-            config_source=manifest.get("config_source"),
+            config_source=manifest.get("config_source"), chain=manifest.get("chain"),
         )
 
 

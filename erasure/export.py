@@ -62,12 +62,12 @@ class ExportResult:
 
 def check_export(run: str | os.PathLike, to: str, out: str | os.PathLike) -> dict:
     """Refuse, in one line and before any weight loads, an export that cannot work; returns the manifest."""
-    from erasure.edit import read_manifest
+    from erasure.erased import chain_links, check_run
     from erasure.one_step import SAMPLER
 
     if to not in FORMATS:
         raise ErasureInputError(f"--to {to!r}: unknown format; expected one of {', '.join(FORMATS)}")
-    manifest = read_manifest(run)
+    manifest = check_run(run)  # a broken or half-written run fails here, not after a model loaded
     base, extra = manifest.get("base", {}), manifest.get("extra") or {}
     one_step = extra.get("sampler") == SAMPLER
     if to == "single-file":
@@ -87,9 +87,14 @@ def check_export(run: str | os.PathLike, to: str, out: str | os.PathLike) -> dic
     if to == "lora" and one_step:
         raise ErasureInputError(f"--to lora: {run} is a one-step generator ({manifest['method']}), not a weight "
                                 "delta of its base; export diffusers")
-    if to == "text-encoder" and manifest.get("edit", {}).get("components") != ["text_encoder"]:
-        changed = ", ".join(manifest.get("edit", {}).get("components", [])) or "nothing"
-        raise ErasureInputError(f"--to text-encoder: the edit changes {changed}, not the text encoder alone")
+    links = chain_links(run)  # a run that continues others: every earlier run must be there too
+    if to == "text-encoder":
+        # every run of the chain, or the UNet changes of earlier runs would be dropped without a word
+        changed = sorted({c for _, m in links for c in m.get("edit", {}).get("components", [])})
+        if changed != ["text_encoder"]:
+            raise ErasureInputError(f"--to text-encoder: the edit{'s of the chain' if len(links) > 1 else ''} "
+                                    f"change{'' if len(links) > 1 else 's'} {', '.join(changed) or 'nothing'}, "
+                                    "not the text encoder alone")
     _check_base_available(run, manifest, needs_source=to in ("lora", "text-encoder"))
     return manifest
 
@@ -102,9 +107,10 @@ def check_new_folder(out: str | os.PathLike, flag: str = "--out") -> None:
 
 
 def _check_base_available(run, manifest: dict, *, needs_source: bool) -> None:
+    from erasure.erased import origin
     from erasure.pipelines.loading import source_available
 
-    source = manifest["base"].get("source")
+    source = origin(manifest).get("source")
     if source is not None and source_available(source):
         return
     if not needs_source and manifest.get("full_export") and (Path(run) / manifest["full_export"]).is_dir():
@@ -255,7 +261,7 @@ def _lora(run: Path, manifest: dict, tmp: Path, *, device: str, rank, energy, lo
     from erasure.edit import Edit
     from erasure.lora import lora_from_edit
 
-    base = _load_base(manifest)
+    base = _predecessor(run, manifest)  # a LoRA is this run's delta, on the pipeline it was made from
     edit = Edit.load(run)
     lora = lora_from_edit(edit, base, rank=rank, energy=energy, include_bias=lora_bias,
                           progress=lambda done, total: report("factorising", done, total, {}))
@@ -296,10 +302,22 @@ def _text_encoder(run: Path, manifest: dict, tmp: Path, *, device: str, report: 
 
 
 def _load_base(manifest: dict):
+    """The model the run's chain started from (its own base, for a run made on a model), float32 on the CPU."""
+    from erasure.erased import origin
     from erasure.pipelines import load_pipeline
 
-    base = manifest["base"]
+    base = origin(manifest)
     return load_pipeline(base["source"], config=base.get("config"), device="cpu", dtype="fp32")
+
+
+def _predecessor(run: Path, manifest: dict):
+    """The pipeline ``run`` was made from: its base, or the erased pipeline of the run it continues."""
+    from erasure.erased import chain_links, load_erased
+
+    links = chain_links(run)
+    if len(links) == 1:
+        return _load_base(manifest)
+    return load_erased(links[-2][0], device="cpu", dtype="fp32")
 
 
 def _base_dtype(manifest: dict) -> str:
@@ -368,6 +386,9 @@ def _usage(to: str, out: Path, manifest: dict) -> str:
                         f"pipe.text_encoder = CLIPTextModel.from_pretrained(\"{out}\")",
     }
     note = ""
+    if to == "lora" and manifest.get("chain"):
+        note = ("\n\nThis run continues an earlier one: the LoRA holds this run's change only and applies on top of "
+                "the earlier runs' pipeline (`erasure.load_erased(PREVIOUS_RUN)`, or their own LoRAs loaded first).")
     if manifest.get("extra", {}).get("sampler") == "one-step":
         note = ("\n\nThis is a one-step generator: sample it with erasure's one-step sampler, "
                 "`erasure.one_step.one_step_pipeline(pipe, manifest[\"extra\"])`, not with the base's schedulers.")

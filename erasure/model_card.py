@@ -59,11 +59,13 @@ def card_text(manifest: dict, *, run: str | os.PathLike | None = None, evaluatio
     lines += [f"{base.get('source') or 'A model'} with {targets} erased by {method}"
               + (f" ({paper})" if paper else "") + ", made with the erasure toolkit"
               + (f"; exported as {export['format']}" if export else "") + ".", ""]
-    lines += _section("Base model", [
+    lines += _section("Base model" + (" (the pipeline of the run this one continues)" if manifest.get("chain") else ""), [
         f"- source: `{base.get('source')}`" + (f" (configs: `{base['config']}`)" if base.get("config") else ""),
         f"- pipeline: {base.get('pipeline')}, dtype {base.get('dtype')}",
         f"- fingerprint of its weights: `{base.get('fingerprint')}` (an edit applies only to these weights)",
     ])
+    if manifest.get("chain"):
+        lines += _section("Chain", _chain_lines(manifest["chain"]))
     lines += _section("Method", [
         f"- {method}" + (f": {paper}" if paper else ""),
         *([f"- reference code: https://github.com/{code}"] if code else []),
@@ -140,6 +142,17 @@ def _config_source(source: str | None) -> str:
     if source == "defaults":
         return "the method's own defaults (its paper's)"
     return source.replace("file ", "file `", 1) + "`" if source.startswith("file ") else source
+
+
+def _chain_lines(chain: dict) -> list[str]:
+    """A run that continues others: where the chain started and what each earlier run erased."""
+    start = chain.get("origin") or {}
+    out = [f"This run continues earlier erasures; its edit holds only its own change. The chain started from "
+           f"`{start.get('source')}` (fingerprint `{start.get('fingerprint')}`), then:", ""]
+    for i, record in enumerate(chain.get("runs", []), 1):
+        out.append(f"{i}. {record.get('method')}: {', '.join(map(str, record.get('targets', [])))} ({record.get('kind')}), "
+                   f"run `{record.get('relative') or record.get('path')}`")
+    return [*out, "", "`load_erased` applies the chain in order and checks every run's fingerprint."]
 
 
 def _request_lines(request: dict) -> list[str]:

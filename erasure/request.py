@@ -15,10 +15,17 @@ resolved against a pipeline (``request.resolve(pipe)``):
   Stable Diffusion: "a photo of a {COCO class}" (``erasure.prompts``).
 - ``paraphrases``: other wordings of the concept, for evaluating generalisation. canvas-mini: the
   concept's captions in the paraphrase templates; Stable Diffusion: a few fixed phrasings.
+
+A request has one kind and any number of targets, erased together in one run; its default prompt
+sets cover all of them (canvas-mini's retain set: the styles or objects not erased).
+``prompt_targets`` / ``target_groups`` tell which prompts evoke which target, so the methods can
+spread their steps over the targets (``in_turn``) and record how they did (``spread``).
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields, replace
 
 from erasure.errors import ErasureInputError
@@ -88,6 +95,15 @@ class ErasureRequest:
         return cls(**data)
 
     # -- defaults
+    def target_groups(self, pipe_or_family) -> list[list[int]] | None:
+        """For each target, the indices of the (resolved) request's ``prompts`` that evoke it, or None
+        when the prompts cannot be told apart by target (see ``prompt_targets``)."""
+        from erasure.families import family_of
+
+        family = family_of(pipe_or_family)
+        prompts = self.prompts if self.prompts is not None else self.resolve(family).prompts
+        return target_groups(prompt_targets(prompts, self.targets, self.kind, family), len(self.targets))
+
     def resolve(self, pipe_or_family) -> "ErasureRequest":
         """A copy with every ``None`` field filled with the default for this kind and model family
         (a pipeline, a family name such as "canvas-mini", or an ``erasure.families.ModelFamily``)."""
@@ -103,3 +119,55 @@ class ErasureRequest:
             paraphrases=self.paraphrases if self.paraphrases is not None else defaults["paraphrases"],
         )
 
+
+# ----------------------------------------------------------------------------- several targets
+def _names(target: str, kind: str, family) -> list[str]:
+    """The words that name ``target`` in a prompt: the target text, without a leading article, and the
+    family's own name for the concept (canvas-mini's "dotted" for "dotted style")."""
+    names = {target, re.sub(r"^(a|an|the)\s+", "", target.strip(), flags=re.IGNORECASE)}
+    if family is not None:
+        try:
+            names.add(family.concept(target, kind))
+        except ErasureInputError:
+            pass
+    return sorted((n for n in names if n), key=len, reverse=True)
+
+
+def prompt_targets(prompts: Sequence[str], targets: Sequence[str], kind: str, family=None) -> list[int | None]:
+    """For each prompt, the index of the one target it names (whole words, case-insensitive), or None
+    when it names none or several: which concept a prompt trains, for methods that spread their steps
+    over the targets of a multi-concept request."""
+    patterns = [[re.compile(r"\b" + re.escape(n) + r"\b", re.IGNORECASE) for n in _names(t, kind, family)]
+                for t in targets]
+    out: list[int | None] = []
+    for prompt in prompts:
+        hits = [k for k, pats in enumerate(patterns) if any(p.search(prompt) for p in pats)]
+        out.append(hits[0] if len(hits) == 1 else None)
+    return out
+
+
+def target_groups(owners: Sequence[int | None], n_targets: int) -> list[list[int]] | None:
+    """Prompt indices per target from ``prompt_targets``' answer; None unless every prompt names exactly
+    one target and every target has a prompt (then the prompts are shared: drawn from all alike)."""
+    groups: list[list[int]] = [[] for _ in range(n_targets)]
+    for i, k in enumerate(owners):
+        if k is None:
+            return None
+        groups[k].append(i)
+    return groups if all(groups) else None
+
+
+def in_turn(i: int, drawn: int, groups: Sequence[Sequence[int]] | None) -> int:
+    """The prompt of sample (or round) ``i`` when the targets take turns: target ``i mod n``, and of its
+    prompts the one ``drawn`` (a uniform draw over all prompts) falls on. ``groups=None`` (prompts not
+    attributable) and a single target keep ``drawn`` itself, so one-target plans are unchanged."""
+    if not groups:
+        return drawn
+    group = groups[i % len(groups)]
+    return group[drawn % len(group)]
+
+
+def spread(targets: Sequence[str], counts: Sequence[int], unit: str, schedule: str) -> dict:
+    """How a run divided its work among the request's targets (recorded as the edit's ``extra["targets"]``)."""
+    return {"count": len(targets), "schedule": schedule, "unit": unit,
+            "per_target": {t: int(n) for t, n in zip(targets, counts)}}

@@ -107,6 +107,32 @@ def test_precomputed_equals_online_and_pool(tiny_sd):
     assert pooled.extra["frozen_samples"] == 3 + 3 < ea.extra["frozen_samples"]  # concept pool + retain pool
 
 
+def test_shared_trajectories_keep_the_plan_and_sample_less(tiny_sd):
+    """``trajectories: shared``: the same prompts, depths and timesteps, several samples per trajectory
+    (each (trajectory, depth) once), fewer frozen sample-steps, deterministic for a seed."""
+    from erasure.diffusion import ddim_for
+    from erasure.methods.advunlearn import _Planner
+    from erasure.sampling import trajectory_of
+
+    pipe = fresh(tiny_sd)
+    ddim = ddim_for(pipe.scheduler, 8)
+    config = dict(TINY, steps=40, ddim_steps=8)
+
+    def samples(**kw):
+        planner = _Planner(AdvUnlearnConfig(**{**config, **kw}), 2, 3, ddim, 1000, 1)
+        planner.plan()
+        return planner.samples
+
+    per_step, shared = samples(), samples(trajectories="shared")
+    assert [(p.prompt, p.depth, p.timestep) for p in shared] == [(p.prompt, p.depth, p.timestep) for p in per_step]
+    used = [(*trajectory_of(p), p.depth) for p in shared]
+    assert len(set(used)) == len(used) and len({trajectory_of(p) for p in shared}) < len(shared) / 3
+    assert samples(trajectories="shared") == shared
+    edit = AdvUnlearn(AdvUnlearnConfig(**{**TINY, "trajectories": "shared"}))(fresh(tiny_sd), CAT)
+    counts = edit.extra["sample_steps"]
+    assert counts["executed"] == counts["needed"] < counts["independent"] and edit.tensors
+
+
 class Interrupt(Exception):
     pass
 

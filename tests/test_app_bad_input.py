@@ -33,9 +33,9 @@ GOOD_SETTINGS = "ddim_steps=2\nprecompute_batch=1\ncheckpoint_every=0"
 MODEL = object()  # stands for the tiny SD folder, known only once the fixture has made it
 COMPARE_FIELDS = ("model", "runs", "prompt", "negative", "seeds", "steps", "guidance")
 GOOD_COMPARE = dict(model=MODEL, runs=["cat"], prompt="a cat", negative="", seeds="0", steps=1, guidance=5.0)
-ERASE_FIELDS = ("method", "kind", "concept", "preset", "steps", "name", "settings")
+ERASE_FIELDS = ("method", "kind", "concept", "preset", "steps", "name", "settings", "base")
 GOOD_ERASE = dict(method="esd", kind="style", concept="dotted", preset="canvas-mini-style", steps=1, name="fresh",
-                  settings=GOOD_SETTINGS)
+                  settings=GOOD_SETTINGS, base="canvas-mini")
 
 
 # -- helpers
@@ -320,6 +320,15 @@ ERASE_CASES = [
     ("settings", "ddim_steps=0", "at least 1"),
     ("settings", "variant=foo", "expected one of"),
     ("settings", "steps=5", "given both"),
+    # base: a run to continue, only a finished one inside the runs folder made on the embedded model
+    ("base", "../x", "not a run name"),
+    ("base", "/etc", "not a run name"),
+    ("base", "nope", "no such run"),
+    ("base", 5, "expected canvas-mini or a run name"),
+    ("base", ["cat"], "expected canvas-mini or a run name"),
+    ("base", "cat", "was not made on canvas-mini"),
+    ("base", "corrupt", r"cannot be used \(broken\)"),
+    ("base", "unfinished", r"cannot be used \(unfinished\)"),
 ]
 
 

@@ -127,6 +127,11 @@ def test_teacher_samples_do_not_depend_on_the_batch(pipe):
     # the sampler walks a permutation: every sample once before any repeats
     seen = [tuple(a.sampler(1, seed=0, device="cpu")(i)[1].tolist()) for i in range(5)]
     assert sorted(seen) == sorted((t,) for t in a.t.tolist())
+    # shared trajectories: the same timesteps, x_t from fewer trajectories, still batch-independent
+    c = teacher_samples(pipe, "a cat", 12, seed=3, ddim_steps=4, batch_size=8, trajectories="shared")
+    d = teacher_samples(pipe, "a cat", 12, seed=3, ddim_steps=4, batch_size=1, trajectories="shared")
+    assert torch.equal(c.t, teacher_samples(pipe, "a cat", 12, seed=3, ddim_steps=4).t)
+    assert all(torch.allclose(getattr(c, k).float(), getattr(d, k).float(), atol=1e-5) for k in ("x_t", "eps_cond"))
 
 
 def test_generation_from_embeddings_matches_generate(pipe):

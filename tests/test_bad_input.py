@@ -188,6 +188,7 @@ CASES = [
     Case("export-energy-above-1", ["export", "{inputs}/run", "--to", "lora", "--out", "{tmp}/x", "--energy", "2"], "--energy"),
     Case("export-rank-for-diffusers", ["export", "{inputs}/run", "--to", "diffusers", "--out", "{tmp}/x", "--rank", "4"],
          "apply to --to lora only"),
+    Case("export-edit-truncated", ["export", "{inputs}/edit-truncated", "--to", "lora", "--out", "{tmp}/x"], "truncated"),
     Case("export-out-proc", ["export", "{inputs}/run", "--to", "lora", "--out", "/proc/x"], "cannot create files in /proc"),
     Case("export-out-is-a-file", ["export", "{inputs}/run", "--to", "lora", "--out", "{inputs}/afile"], "not a folder"),
     Case("export-out-not-empty", ["export", "{inputs}/run", "--to", "diffusers", "--out", "{inputs}/run"], "not empty"),

@@ -213,10 +213,23 @@ def test_canvas_quality(tmp_path):
     assert grid.is_file() and (tmp_path / "canvas-mini-memorization.png").is_file()
 
 
+def test_lora_rank(tmp_path):
+    run_bench("lora_rank", *CANVAS, "--ranks", "1", "--energies", "0.99", *sets("--set", TINY_ESD),
+              "--out", tmp_path / "runs", "--results", tmp_path)
+    result, md = written(tmp_path, "lora_rank")
+    assert [r["lora"] for r in result["rows"]] == ["full edit", "r1", "e0.99"]
+    full, r1, e99 = result["rows"]
+    assert r1["max_rank"] == 1 and r1["relative_error"] > e99["relative_error"] >= 0
+    assert e99["relative_error"] <= 0.1 + 1e-6  # each tensor keeps 99% of its delta's squared norm
+    for row in result["rows"]:
+        assert all(0 <= row["after"][k] <= 1 for k in ("UA", "IRA", "CRA"))
+    assert [line.split(" | ")[1] for line in rows(md, "erased")] == ["full edit", "r1", "e0.99"]
+
+
 #: Benches whose committed markdown is rewritten from their committed JSON by ``--report-only``.
 #: Not here: advunlearn_canvas_asr_lr0.1 (an older run's format, without the per-run ``accuracy_bar_met``).
 REGENERATED = ["esd_canvas", "advunlearn_canvas", "doco_canvas", "prune_canvas", "prune_sweep", "prune_ceiling",
-               "sfd_canvas"]
+               "sfd_canvas", "lora_rank"]
 
 
 @pytest.mark.parametrize("name", REGENERATED)
@@ -239,3 +252,58 @@ def test_sd_memory_skip_measure_rewrites_the_committed_results(tmp_path):
     run_bench("sd_memory", "--skip-measure", "--out", tmp_path / "sd_memory", timeout=300)
     for suffix in (".json", ".md"):  # the per-preset breakdown derived again from the measured rows
         assert (tmp_path / f"sd_memory{suffix}").read_bytes() == (COMMITTED / f"sd_memory{suffix}").read_bytes(), suffix
+
+
+#: A local git copy of rohitgandikota/erasing (bare or not; this project's sessions keep one here):
+#: the only reference bench/esd_reference.py is tested against. Never a stand-in.
+ERASING_GIT = Path(os.environ.get("ERASING_GIT", "/work/.mirror/rohitgandikota+erasing/repo"))
+
+
+def test_esd_reference(tmp_path):
+    # Without --reference: one line saying what to pass, exit 2, nothing written.
+    done = subprocess.run([sys.executable, str(BENCH / "esd_reference.py"), "--results", str(tmp_path)],
+                          capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300, cwd=ROOT)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.splitlines() == [
+        "bench/esd_reference.py: pass --reference DIR, a checkout of https://github.com/rohitgandikota/erasing"]
+    assert not list(tmp_path.iterdir())
+
+    # With the real reference, exported from its git copy: two iterations on the tiny pipeline, one run.
+    if not ERASING_GIT.is_dir() or shutil.which("git") is None:
+        pytest.skip(f"no git copy of rohitgandikota/erasing at {ERASING_GIT} (set ERASING_GIT); the bench needs the real one")
+    archive = subprocess.run(["git", "-C", str(ERASING_GIT), "archive", "HEAD"], capture_output=True, timeout=120)
+    if archive.returncode != 0:
+        pytest.skip(f"git archive failed in {ERASING_GIT}: {archive.stderr.decode(errors='replace').strip()}")
+    import io
+    import tarfile
+
+    reference = tmp_path / "erasing"
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+        tar.extractall(reference, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))  # 3.10.12+
+    run_bench("esd_reference", "--reference", reference, "--pipelines", "tiny", "--iterations-tiny", "2", "--runs", "1",
+              "--out", tmp_path / "runs", "--results", tmp_path)
+    result, md = written(tmp_path, "esd_reference")
+    assert result["command"] == ("python bench/esd_reference.py --reference DIR --pipelines tiny --iterations-tiny 2 --runs 1 "
+                                 f"--ours-set trajectories=per-step --ours-set trajectories=shared --out {(tmp_path / 'runs').resolve()}")
+    ref = result["reference"]
+    assert ref["commit"] == "unknown"  # an export: no git work tree
+    assert [s["name"] for s in ref["substitutions"]] == ["model path", "dtype", "resolution", "seed"] and ref["shims"] == []
+    assert result["threads"]["torch_threads"] == 1 and len(result["load_average"]["end"]) == 3
+    [tiny] = result["pipelines"]
+    assert tiny["name"] == "tiny" and tiny["resolution"] == 32 and tiny["iterations"] == 2 and tiny["unet_parameters"] > 0
+    assert sorted(tiny["cost_per_sample_step"], key=int) == ["1", "8", "32"] and min(tiny["cost_per_sample_step"].values()) > 0
+    # The reference's depths as replayed here are the ones it printed.
+    assert tiny["draws_reproducible"] is True and 0 <= tiny["reference"]["sample_steps"] <= 2 * 49
+    assert [o["label"] for o in tiny["ours"]] == ["trajectories=per-step", "trajectories=shared"]
+    per_step, shared = (o["sample_steps"] for o in tiny["ours"])
+    assert per_step["points"] == shared["points"] == 2 and per_step["needed"] == per_step["independent"]
+    assert shared["needed"] <= per_step["needed"] and shared["trajectories"] <= shared["points"]
+    for side in [tiny["reference"], *tiny["ours"]]:
+        assert len(side["runs"]) == 1 and side["median_seconds"] > 0
+    lines = rows(md, "pipeline")
+    assert [line.split(" | ")[2] for line in lines] == ["trajectories=per-step", "trajectories=shared"]
+    assert all(line.startswith("| tiny (UNet ") and " | 2 | " in line for line in lines)
+    # --report-only rewrites the page from the JSON alone.
+    (tmp_path / "esd_reference.md").unlink()
+    run_bench("esd_reference", "--report-only", "--results", tmp_path)
+    assert (tmp_path / "esd_reference.md").read_text() == md

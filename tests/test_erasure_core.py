@@ -213,6 +213,132 @@ def test_partial_trajectories_do_not_depend_on_batching(tiny_sd_loaded):
     assert torch.equal(together[0], start[0]) and not torch.allclose(together[2], start[2])
 
 
+@torch.no_grad()
+def held_batch_trajectories(unet, ddim, cond, uncond, depths, seeds, shape, guidance):
+    """The sampler before issue 29, kept as the oracle: every sample runs to the batch's deepest
+    depth and finished ones are held fixed."""
+    from erasure.diffusion import Conditions, cfg, initial_noise, unet_output
+
+    n = len(depths)
+    if len(uncond) == 1 and n > 1:
+        uncond = uncond.index([0] * n)
+    x = initial_noise(seeds, shape, unet.device, cond.hidden.dtype) * ddim.init_noise_sigma
+    depth = torch.as_tensor(list(depths), device=unet.device)
+    both = Conditions.cat([uncond, cond])
+    for i, t in enumerate(ddim.timesteps[: int(depth.max().item())]):
+        out_u, out_c = unet_output(unet, ddim.scale_model_input(torch.cat([x, x]), t), t, both).chunk(2)
+        stepped = ddim.step(cfg(out_u, out_c, guidance), t, x, eta=0.0, return_dict=False)[0]
+        x = torch.where((depth > i).reshape(-1, 1, 1, 1), stepped.to(x.dtype), x)
+    return x
+
+
+@pytest.mark.parametrize("model", ["tiny-sd", "canvas-mini"])
+def test_active_only_sampler_equals_the_held_batch_sampler_and_counts_its_steps(request, model):
+    from erasure.diffusion import SampleSteps, TextConditioner, ddim_for, latent_shape, sample_partial_trajectories
+    from erasure.pipelines import load_pipeline
+
+    pipe = request.getfixturevalue("tiny_sd_loaded") if model == "tiny-sd" else load_pipeline("canvas-mini")
+    ddim = ddim_for(pipe.scheduler, 8)
+    with torch.no_grad():
+        encode = TextConditioner(pipe, 32)
+        cond, uncond = encode(["a cat", "a dog", "a cat", "a bird", "a cat"]), encode([""])
+    shape = latent_shape(pipe)
+    depths, seeds = [3, 0, 7, 3, 1], [21, 22, 23, 24, 25]  # unsorted, with a tie and a depth 0
+    counter = SampleSteps()
+    active = sample_partial_trajectories(pipe.unet, ddim, cond, uncond, depths, seeds, shape, 3.0, counter)
+    held = held_batch_trajectories(pipe.unet, ddim, cond, uncond, depths, seeds, shape, 3.0)
+    assert torch.allclose(active, held, atol=1e-5)
+    # one sample-step per sample per step it takes, not the batch's deepest depth for every sample
+    assert counter.executed == counter.needed == counter.independent == sum(depths) == 14
+    assert counter.held == 5 * 7 and counter.unet_calls == 7 and counter.points == counter.trajectories == 5
+
+
+def test_several_depths_of_one_trajectory_equal_separate_trajectories(tiny_sd_loaded):
+    from erasure.diffusion import (
+        SampleSteps,
+        TextConditioner,
+        ddim_for,
+        latent_shape,
+        sample_partial_trajectories,
+        sample_trajectory_points,
+    )
+
+    pipe = tiny_sd_loaded
+    ddim = ddim_for(pipe.scheduler, 6)
+    with torch.no_grad():
+        cond, uncond = TextConditioner(pipe, 32)(["a cat", "a dog"]), TextConditioner(pipe, 32)([""])
+    shape = latent_shape(pipe)
+    points = [(0, 2), (1, 4), (0, 5), (0, 0), (1, 1)]  # (trajectory, depth)
+    counter = SampleSteps()
+    shared = sample_trajectory_points(pipe.unet, ddim, cond, uncond, [7, 8], points, shape, 3.0, counter)
+    separate = sample_partial_trajectories(pipe.unet, ddim, cond.index([j for j, _ in points]), uncond,
+                                           [d for _, d in points], [[7, 8][j] for j, _ in points], shape, 3.0)
+    assert torch.allclose(shared, separate, atol=1e-5)
+    assert (counter.executed, counter.needed, counter.independent, counter.trajectories) == (9, 9, 12, 2)
+
+
+def _plan(trajectories: str, steps: int = 100, ddim_steps: int = 50, seed: int = 0, prompts: int = 1):
+    from diffusers import DDIMScheduler
+
+    from erasure.diffusion import ddim_for
+    from erasure.methods.esd import ESD, ESDConfig
+
+    esd = ESD(ESDConfig(steps=steps, ddim_steps=ddim_steps, seed=seed, trajectories=trajectories))
+    return esd.plan(prompts, ddim_for(DDIMScheduler(), ddim_steps), 1000)
+
+
+def test_shared_trajectories_use_each_trajectory_depth_once_and_are_deterministic():
+    from erasure.sampling import trajectory_of
+
+    per_step, shared = _plan("per-step", prompts=3), _plan("shared", prompts=3)
+    # the plan's prompts, depths and timesteps are kept; only the noise seeds change
+    assert [(p.prompt, p.depth, p.timestep) for p in shared] == [(p.prompt, p.depth, p.timestep) for p in per_step]
+    used = [(*trajectory_of(p), p.depth) for p in shared]
+    assert len(set(used)) == len(used) == 100  # each (trajectory, depth) once
+    assert len({trajectory_of(p) for p in shared}) < 25 < len({trajectory_of(p) for p in per_step}) == 100
+    assert _plan("shared", prompts=3) == shared and _plan("shared", prompts=3, seed=1) != shared
+    # consecutive iterations do not walk down one trajectory
+    assert len({trajectory_of(p) for p in shared[:10]}) >= 4
+
+
+class _ZeroUNet(torch.nn.Module):
+    """A stand-in UNet (predicts zero noise) for counting the sampler's steps without the cost of one."""
+
+    device = torch.device("cpu")
+
+    def forward(self, x, t, encoder_hidden_states=None, return_dict=False):
+        return (torch.zeros_like(x),)
+
+
+@pytest.mark.parametrize("trajectories", ["per-step", "shared"])
+def test_sample_steps_of_a_100_iteration_plan(trajectories):
+    """ESD's plan for 100 iterations, 50 DDIM steps, precomputed in batches of 16 as ESD does: the
+    held-batch sampler ran ~1.2x the needed sample-steps; now executed == needed, and shared
+    trajectories need several times fewer than per-step ones."""
+    from diffusers import DDIMScheduler
+
+    from erasure.diffusion import Conditions, SampleSteps, alphas_cumprod, ddim_for
+    from erasure.sampling import SampleStore, frozen_predictions, trajectory_of
+
+    plan, ddim = _plan(trajectories), ddim_for(DDIMScheduler(), 50)
+    counter, cond = SampleSteps(), Conditions(torch.zeros(1, 2, 4))
+    ac = alphas_cumprod(ddim)
+
+    def compute(ids):
+        return frozen_predictions(_ZeroUNet(), ddim, cond, cond, [plan[i] for i in ids], (1, 2, 2), 3.0, ac,
+                                  "epsilon", counter=counter, batch_size=16)
+
+    store = SampleStore.compute(range(100), compute, ("x_t",), batch_size=16, key=lambda i: plan[i].depth,
+                                group=lambda i: trajectory_of(plan[i]))
+    assert sorted(store.ids) == list(range(100)) and store.data["x_t"].shape == (100, 1, 2, 2)
+    assert counter.points == 100 and counter.executed == counter.needed
+    assert counter.independent == sum(p.depth for p in plan)
+    if trajectories == "per-step":
+        assert counter.needed == counter.independent and counter.held > 1.1 * counter.needed
+    else:
+        assert counter.independent > 6 * counter.executed
+
+
 # ----------------------------------------------------------------------------- parameters
 
 

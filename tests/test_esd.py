@@ -208,6 +208,36 @@ def test_resume_after_sigkill_equals_uninterrupted_run(tiny_sd, tmp_path):
     assert not (run / "checkpoint").exists() and (run / "manifest.json").is_file()
 
 
+class Interrupt(Exception):
+    pass
+
+
+def test_shared_trajectories_run_resume_from_their_saved_data_and_count_sample_steps(tiny_sd, tmp_path):
+    """``trajectories: shared``: fewer frozen sample-steps than per-step trajectories need, the samples
+    saved and reloaded on resume (nothing sampled again), the resumed run equal to an uninterrupted one."""
+    config = dict(steps=12, ddim_steps=6, lr=1e-3, precompute_batch=4, checkpoint_every=4, trajectories="shared")
+    run = tmp_path / "run"
+
+    def stop_after_6(stage, done, total, metrics):
+        if stage == "training" and done == 6:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        erase(fresh(tiny_sd), "a cat", out=run, progress=stop_after_6, **config)
+    assert (run / "checkpoint" / "esd-data-0-of-1.safetensors").is_file()
+    resumed = erase(fresh(tiny_sd), "a cat", out=run, resume=True, **config)
+    assert resumed.extra["sample_steps"]["executed"] == 0  # the saved samples, not sampled again
+    whole = erase(fresh(tiny_sd), "a cat", **config)
+    for k in whole.tensors:
+        assert torch.allclose(resumed.tensors[k], whole.tensors[k], atol=1e-6), k
+    shared = whole.extra["sample_steps"]
+    per_step = erase(fresh(tiny_sd), "a cat", **{**config, "trajectories": "per-step"}).extra["sample_steps"]
+    assert shared["points"] == per_step["points"] == 12 and shared["independent"] == per_step["independent"]
+    assert shared["executed"] == shared["needed"] < per_step["executed"] == per_step["needed"] == per_step["independent"]
+    with pytest.raises(ErasureInputError, match="trajectories: 'reused'; expected one of per-step, shared"):
+        erase(fresh(tiny_sd), "a cat", **{**config, "trajectories": "reused"})
+
+
 # ----------------------------------------------------------------------------- CLI
 
 
@@ -227,8 +257,10 @@ def test_cli_erase_with_a_preset_and_overrides(capsys, tmp_path, tiny_sd):
                              "--steps", "2", "--set", "ddim_steps=3", "--set", "precompute_batch=4", "--out", run,
                              "--retain", "a dog", "--retain", "a red car")
     assert code == 0, err
-    assert out.startswith(f"wrote {run}: esd edit of ")
+    config_line, wrote = out.splitlines()[:2]
+    assert "configs/esd/canvas-mini-style.yaml" in config_line and wrote.startswith(f"wrote {run}: esd edit of ")
     manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["config_source"] == "preset esd/canvas-mini-style"  # a shipped file, named as such
     assert manifest["config"]["steps"] == 2 and manifest["config"]["ddim_steps"] == 3
     assert manifest["request"]["retain"] == ["a dog", "a red car"]  # --retain replaces the kind's default
     assert manifest["cost"]["stages"]["training"]["units"] == 2  # seconds per step are recorded

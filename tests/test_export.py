@@ -226,3 +226,20 @@ def test_a_half_precision_run_exports_in_its_own_dtype(esd_u_run, tmp_path):
     with safe_open(str(tmp_path / "x.safetensors"), framework="pt") as f:
         assert f.get_tensor(next(k for k in f.keys() if k.startswith("model.diffusion_model."))).dtype == torch.bfloat16
     assert export_run(run, "lora", tmp_path / "lora", rank=10_000).check["max_abs_diff"] <= 2
+
+
+def test_a_chained_run_exports_its_own_change(esd_u_run, tmp_path):
+    """A run that continues another: its LoRA is its own delta on the earlier run's pipeline; its card lists the chain."""
+    from erasure import load_erased
+
+    run = tmp_path / "second"
+    erase(load_erased(esd_u_run, device="cpu"), ErasureRequest(targets=["a dog"], kind="object"), "esd", out=run,
+          variant="esd-x", **ESD)
+    lora = export_run(run, "lora", tmp_path / "lora", rank=10_000)
+    assert lora.details["lora"]["relative_error"] < 1e-4 and lora.check["max_abs_diff"] <= 2
+    assert "applies on top of the earlier runs' pipeline" in lora.card.read_text()
+    assert export_run(run, "single-file", tmp_path / "all.safetensors").check["max_abs_diff"] <= 2
+    card = (run / "README.md").read_text()
+    assert "## Chain" in card and "esd: a cat (object)" in card
+    with pytest.raises(ErasureInputError, match="not the text encoder alone"):
+        export_run(run, "text-encoder", tmp_path / "te")

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from erasure.errors import ErasureInputError
-from erasure.evaluation.report import Column, Row, Score, Table, run_label, run_labels
+from erasure.evaluation.report import Column, Row, Score, Table, erased_text, run_label, run_labels
 
 
 def check_compare_output(out: str | os.PathLike, runs: Sequence[str | os.PathLike],
@@ -43,7 +43,7 @@ def compare_runs(runs: Sequence[str | os.PathLike], metrics_files: Sequence[str 
     Scores (UA/IRA/CRA after erasure) come from the first evaluation ``metrics.json`` that scored
     the run (matched by the run folder's resolved path); runs no evaluation scored have none.
     """
-    from erasure.erased import check_run
+    from erasure.erased import check_run, erased_concepts
 
     if not runs:
         raise ErasureInputError("no runs to compare; give one or more run folders")
@@ -60,6 +60,7 @@ def compare_runs(runs: Sequence[str | os.PathLike], metrics_files: Sequence[str 
             "method": manifest["method"],
             "targets": manifest["request"]["targets"],
             "kind": manifest["request"]["kind"],
+            "erased": erased_concepts(manifest, run),  # a chain's end: what every run of it removed
             "settings": {k: config[k] for k in _SETTINGS if k in config},
             "wall_seconds": cost.get("wall_seconds"),
             "peak_memory_bytes": cost.get("peak_memory_bytes"),
@@ -125,7 +126,7 @@ def comparison_table(rows: list[dict], columns: list[dict] | None = None) -> Tab
     for r in rows:
         scores = r["scores"] or {}
         table_rows.append(Row(
-            lead=[run_label(r), r["method"], f"{', '.join(r['targets'])} ({r['kind']})",
+            lead=[run_label(r), r["method"], erased_text(r),
                   ", ".join(f"{k} {v}" for k, v in r["settings"].items())],
             scores=[Score(c, None, scores.get(c.key)) for c in cols],
             tail=["n/a" if r["wall_seconds"] is None else f"{r['wall_seconds']:.0f}",

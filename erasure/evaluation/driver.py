@@ -145,22 +145,28 @@ class Evaluation:
 
     def check_bases(self) -> None:
         """Refuse a run erased from another model than the original before any image is drawn
-        (``load_erased`` would refuse it too, but only after the original's images were made and cached)."""
+        (``load_erased`` would refuse it too, but only after the original's images were made and cached).
+        A run that ends a chain is compared by the model its chain started from."""
         from erasure.edit import fingerprint
+        from erasure.erased import origin
 
         actual = fingerprint(self.base())
         for run, manifest in zip(self.runs, self.manifests):
-            expected = manifest["base"].get("fingerprint")
+            expected = origin(manifest).get("fingerprint")
             if expected is not None and expected != actual:
                 raise ErasureInputError(
                     f"--erased {run}: erased from another model than {self.original} (weights fingerprint "
                     f"{str(expected)[:19]}... != {actual[:19]}...); evaluate it against "
-                    f"{manifest['base'].get('source') or 'the model it was erased from'} with --original")
+                    f"{origin(manifest).get('source') or 'the model it was erased from'} with --original")
 
     def _entry(self, run: str, manifest: dict, scores: dict, grid: str, record: dict) -> dict:
-        """One run's record in metrics.json (``before``: the original on the same prompts)."""
+        """One run's record in metrics.json (``before``: the original on the same prompts; ``erased``:
+        what each run of its chain removed, first to last, the run itself last)."""
+        from erasure.erased import erased_concepts
+
         return {"run": str(run), "label": self.label(run), "method": manifest["method"],
                 "kind": manifest["request"]["kind"], "targets": manifest["request"]["targets"],
+                "erased": erased_concepts(manifest, run),
                 "before": scores["before"], "after": scores["after"], "cost": manifest.get("cost", {}),
                 "grid": grid, **record}
 
@@ -174,11 +180,11 @@ def check_runs(original: str, runs: Sequence[str | os.PathLike], suite: Suite,
     """The runs' manifests, refusing in one line, before any model loads: no runs, a broken or
     unfinished run folder, a run the suite cannot score, a local file the suite needs that is
     missing, an ``out`` folder that cannot be written or is a run's."""
-    from erasure.erased import check_run
+    from erasure.erased import chain_links
 
     if not runs:
         raise ErasureInputError("no erased run to evaluate; give at least one --erased RUN")
-    manifests = [check_run(r) for r in runs]
+    manifests = [chain_links(r)[-1][1] for r in runs]  # a run and every earlier run of its chain
     if out is not None:
         check_evaluation_output(out, runs)
     suite.check(original, manifests)

@@ -143,6 +143,30 @@ def _targets(entry: dict, width: int | None) -> str:
     return text
 
 
+def erased_text(entry: dict, width: int | None = None) -> str:
+    """What a run removed, as the tables show it: its own targets and kind, then, for a run that ends
+    a chain, what the earlier runs removed ("striped (style); before: dotted by esd")."""
+    return f"{_targets(entry, width)} ({entry['kind']})" + _earlier(entry)
+
+
+def _earlier(entry: dict) -> str:
+    """"; before: dotted by esd" for a run that ends a chain, "" for any other (and older metrics files)."""
+    earlier = (entry.get("erased") or [])[:-1]
+    if not earlier:
+        return ""
+    return "; before: " + "; ".join(f"{', '.join(map(str, e['targets']))} by {e['method']}" for e in earlier)
+
+
+def per_target_line(entry: dict) -> str | None:
+    """UA per erased concept, before and after, for a run scored on several ("UA per erased concept:
+    dotted 3.1% -> 100.0%, ..."); None for one concept or a suite without it."""
+    after, before = entry.get("after", {}).get("per_target_UA"), entry.get("before", {}).get("per_target_UA") or {}
+    if not isinstance(after, dict) or len(after) < 2:
+        return None
+    shown = [f"{name} {format_score(before.get(name), 'pct')} -> {format_score(value, 'pct')}" for name, value in after.items()]
+    return "UA per erased concept (original -> erased): " + ", ".join(shown) + "."
+
+
 def score_table(metrics: dict, *, target_width: int | None = None) -> Table:
     """An evaluation's table: per run its name, method, erased concepts, every column before and after, cost."""
     columns = [Column.from_dict(c) for c in metrics["columns"]]
@@ -150,7 +174,7 @@ def score_table(metrics: dict, *, target_width: int | None = None) -> Table:
     for r in metrics["runs"]:
         cost = r["cost"]
         rows.append(Row(
-            lead=[run_label(r), r["method"], f"{_targets(r, target_width)} ({r['kind']})"],
+            lead=[run_label(r), r["method"], erased_text(r, target_width)],
             scores=[Score(c, r["before"].get(c.key), r["after"].get(c.key)) for c in columns],
             tail=[f"{cost.get('wall_seconds', float('nan')):.0f}", f"{cost.get('peak_memory_bytes', float('nan')) / 2**30:.2f}"],
         ))
@@ -176,7 +200,9 @@ def markdown_report(metrics: dict) -> str:
         score_table(metrics).markdown().rstrip("\n"),
     ]
     for r in metrics["runs"]:
-        lines += ["", f"## {run_label(r)}", "", f"![original vs erased]({r['grid']})"]
+        per_target = per_target_line(r)
+        lines += ["", f"## {run_label(r)}", "", *([per_target, ""] if per_target else []),
+                  f"![original vs erased]({r['grid']})"]
     return "\n".join(lines) + "\n"
 
 
@@ -196,7 +222,8 @@ def html_report(metrics: dict) -> str:
     """report.html: the same report as one self-contained page (inline CSS, no scripts, grids beside it)."""
     e = html.escape
     grids = "".join(
-        f"<h2>{e(run_label(r))}: {e(', '.join(r['targets']))} erased by {e(r['method'])}</h2>"
+        f"<h2>{e(run_label(r))}: {e(', '.join(r['targets']))} erased by {e(r['method'])}{e(_earlier(r))}</h2>"
+        + (f"<p class=\"note\">{e(per_target_line(r))}</p>" if per_target_line(r) else "") +
         f"<p class=\"note\">Left: original; right: erased; same prompts and seeds.</p>"
         f"<img class=\"grid\" src=\"{e(r['grid'])}\" alt=\"original and erased generations for {e(run_label(r))}\">"
         for r in metrics["runs"]

@@ -46,7 +46,15 @@ Implementation choices and deviations (reference: OPTML-Group/AdvUnlearn ``train
   beside the checkpoint so a resumed run trains on the same data. ``sample_pool: N`` (a CPU
   economy, off by default) draws every concept sample, per concept prompt, and every retain
   sample from pools of N precomputed samples instead of fresh ones (retain samples then have
-  their own depth and timestep).
+  their own depth and timestep). The sampler steps only the samples still running;
+  ``extra["sample_steps"]`` counts the frozen model's sample-steps (``erasure.diffusion.SampleSteps``).
+- Trajectories (``trajectories``): "per-step" (default; the reference's, a fresh trajectory for
+  every sample) or "shared", a deviation shared with ESD: the plan is drawn as above, then its noise
+  seeds are reassigned so that the samples of each prompt (concept, attack and retain samples
+  alike) lie on few trajectories, each run once to the deepest depth taken from it, every
+  (trajectory, depth) used once (``erasure.sampling.share_trajectories``). Fewer frozen
+  sample-steps, correlated x_t; no preset uses it until its quality is measured. It saves work only
+  when precomputing; ``precompute_batch`` then counts trajectories run side by side.
 - Resume: checkpoints hold the attack state too (the latest delta and the prompt it belongs to),
   so a resumed run equals an uninterrupted one. The attack's Adam state restarts every round, as in
   the reference.
@@ -57,6 +65,12 @@ Implementation choices and deviations (reference: OPTML-Group/AdvUnlearn ``train
   expressions) chooses any other set. Float32 master weights; ``mixed_precision`` autocasts on
   CUDA; ``gradient_checkpointing`` applies to the text encoder and the UNet.
 - The text encoder stays in eval mode (CLIP has no dropout, so this equals the reference's train mode).
+- Several targets in one request: the reference splits a comma-separated concept list and draws one
+  concept at random for each attack round (``adv_prompt_update_step``); here the targets take turns
+  round by round (warm-up: step by step), each round on one prompt of its target, so every target
+  gets an equal share of the iterations and attack rounds. The number of iterations is the
+  config's, so the cost does not grow with the number of targets; ``extra["targets"]`` records the
+  iterations each target got. The retain set (canvas-mini: the styles or objects not erased) is shared.
 - Loss in noise space for every prediction type (v- and x0-prediction outputs converted first).
 - Model families: SD 1.x, SD 2.x (its OpenCLIP ViT-H text tower is a ``CLIPTextModel`` in diffusers;
   v-prediction is covered by the noise-space loss) and canvas-mini. SDXL is refused, before any
@@ -105,6 +119,7 @@ from erasure.attacks import (
 from erasure.diffusion import (
     TIMESTEP_MODES,
     Conditions,
+    SampleSteps,
     TextConditioner,
     alphas_cumprod,
     cfg,
@@ -116,7 +131,18 @@ from erasure.diffusion import (
 )
 from erasure.edit import Edit
 from erasure.errors import ErasureInputError
-from erasure.sampling import SampleStore, TrajectoryPoint, draw_point, draw_points, frozen_predictions, process_block
+from erasure.request import in_turn, spread
+from erasure.sampling import (
+    SampleStore,
+    TrajectoryPoint,
+    check_trajectories,
+    draw_point,
+    draw_points,
+    frozen_predictions,
+    process_block,
+    share_trajectories,
+    trajectory_of,
+)
 from erasure.training import (
     MIXED_PRECISION,
     FrozenCopy,
@@ -158,6 +184,7 @@ class AdvUnlearnConfig(MethodConfig):
     guidance: float = 3.0
     ddim_steps: int = 50
     timesteps: str = "matched"
+    trajectories: str = "per-step"
     batch_size: int = 1
     layers: int | None = None
     component: str = "all"
@@ -185,6 +212,7 @@ class AdvUnlearnConfig(MethodConfig):
         p = "advunlearn config "
         if self.timesteps not in TIMESTEP_MODES:
             raise ErasureInputError(f"{p}timesteps: {self.timesteps!r}; expected one of {', '.join(TIMESTEP_MODES)}")
+        check_trajectories(p, self.trajectories)
         if self.component not in COMPONENTS:
             raise ErasureInputError(f"{p}component: {self.component!r}; expected one of {', '.join(COMPONENTS)}")
         if self.mixed_precision not in MIXED_PRECISION:
@@ -254,6 +282,17 @@ def _pipeline_class_name(source: str | os.PathLike, config: str | os.PathLike | 
 
 
 # ----------------------------------------------------------------------------- the plan
+def _spread(request, plan: list["_Step"], groups: list[list[int]] | None) -> dict:
+    """Iterations per target (the edit's ``extra["targets"]``): an iteration trains the prompt of its
+    attack round (of its own draw during warm-up)."""
+    if not groups or len(groups) == 1:
+        schedule = "one target" if len(request.targets) == 1 else "shared: each round draws from all prompts"
+        return spread(request.targets, [len(plan)] * len(request.targets), "iterations", schedule)
+    owner = {i: k for k, group in enumerate(groups) for i in group}
+    counts = [sum(owner[st.prompt] == k for st in plan) for k in range(len(groups))]
+    return spread(request.targets, counts, "iterations", "in turn: attack round r (warm-up step s) on target r mod n")
+
+
 @dataclass
 class _Step:
     """One iteration's global batches, as sample ids; ``attack``: one list per attack step, or None."""
@@ -267,8 +306,10 @@ class _Step:
 class _Planner:
     """Draws every iteration's samples from the seed: a pure function of (seed, iteration)."""
 
-    def __init__(self, c: AdvUnlearnConfig, n_concept: int, n_retain: int, ddim, num_train_timesteps: int, world: int):
+    def __init__(self, c: AdvUnlearnConfig, n_concept: int, n_retain: int, ddim, num_train_timesteps: int, world: int,
+                 groups: list[list[int]] | None = None):
         self.c, self.n_concept, self.n_retain, self.world = c, n_concept, n_retain, world
+        self.groups = groups  # the concept prompts of each target (several targets take turns)
         self.ddim, self.T = ddim, num_train_timesteps
         self.samples: list[TrajectoryPoint] = []
         self.pools: dict[str, list[int]] = {}
@@ -294,12 +335,14 @@ class _Planner:
     def plan(self) -> list[_Step]:
         c, w = self.c, self.world
         steps: list[_Step] = []
-        prompt = 0
+        prompt, turn = 0, 0
         for s in range(c.steps):
             rng = random.Random(f"advunlearn/{c.seed}/{s}")
             attack = s >= c.warmup and (s - c.warmup) % c.attack_every == 0
             if s < c.warmup or attack:  # between attack rounds the round's prompt is kept (reference)
-                prompt = rng.randrange(self.n_concept)
+                # Several targets take turns round by round (the reference draws one of its
+                # comma-separated concepts at random per round); one target: the draw itself.
+                prompt, turn = in_turn(turn, rng.randrange(self.n_concept), self.groups), turn + 1
             concept = [self._concept(rng, prompt) for _ in range(c.batch_size * w)]
             k = c.retain_batch * w
             chosen = rng.sample(range(self.n_retain), k) if k <= self.n_retain else [rng.randrange(self.n_retain) for _ in range(k)]
@@ -313,6 +356,8 @@ class _Planner:
             if attack:
                 rounds = [[self._concept(rng, prompt) for _ in range(c.attack_batch * w)] for _ in range(c.attack_steps)]
             steps.append(_Step(prompt, concept, retain, rounds))
+        if c.trajectories == "shared":  # the same plan, its samples packed onto shared trajectories
+            self.samples = share_trajectories(self.samples, f"advunlearn/{c.seed}")
         return steps
 
 
@@ -346,7 +391,9 @@ class AdvUnlearn(ErasureMethod):
 
         prompts = list(req.prompts) + list(req.retain)
         softs = [SoftPrompt.build(pipe.tokenizer, p, c.attack_tokens, c.attack_placement) for p in req.prompts]
-        planner = _Planner(c, len(req.prompts), len(req.retain), ddim, pipe.scheduler.config.num_train_timesteps, world)
+        groups = req.target_groups(pipe)
+        planner = _Planner(c, len(req.prompts), len(req.retain), ddim, pipe.scheduler.config.num_train_timesteps, world,
+                           groups)
         plan = planner.plan()
         samples = planner.samples
 
@@ -359,9 +406,11 @@ class AdvUnlearn(ErasureMethod):
             original = encode(prompts)  # TE*(c) for every concept and retain prompt
             uncond = encode([""])
 
+        counter = SampleSteps()  # what this process's frozen model samples (nothing when reloaded on resume)
+
         def compute(ids: list[int]) -> dict[str, torch.Tensor]:
             return frozen_predictions(unet, ddim, original, uncond, [samples[i] for i in ids], s.shape, c.guidance,
-                                      s.ac, s.kind)
+                                      s.ac, s.kind, counter=counter, batch_size=c.precompute_batch)
 
         store = None
         if c.precompute:
@@ -369,7 +418,12 @@ class AdvUnlearn(ErasureMethod):
                 mine = sorted({i for st in plan for ids in self._my_ids(st, rank, c) for i in ids})
                 store = SampleStore.precomputed(s.checkpoint_dir, DATA_STEM, compute, DATA_KEYS, mine=mine,
                                                 state=s.state, resume=resume, batch_size=c.precompute_batch,
-                                                key=lambda i: samples[i].depth, progress=progress)
+                                                key=lambda i: samples[i].depth,
+                                                group=lambda i: trajectory_of(samples[i]), progress=progress)
+            if counter.points:
+                logger.info("advunlearn: %d x_t from %d trajectories in %d frozen sample-steps (%d with one "
+                            "trajectory per sample)", counter.points, counter.trajectories, counter.executed,
+                            counter.independent)
 
         def rows(ids: list[int]):
             if store is not None:
@@ -445,6 +499,8 @@ class AdvUnlearn(ErasureMethod):
                 "loss_last": losses[-1] if losses else None,
                 "unlearn_loss_last_10pct": tail_mean(log["unlearn"]),
                 "retain_loss_last_10pct": tail_mean(log["retain"]),
+                "targets": _spread(req, plan, groups),
+                "sample_steps": counter.as_dict(),
             },
         )
 

@@ -96,6 +96,15 @@ Implementation choices and deviations (same algorithm; every difference named):
   train mode (BatchNorm on batch statistics, as the reference). It is not part of the edit, which
   holds only the changed K/V tensors; the per-step losses, the discriminator's and the share of
   conflicting tensors are summarised in the edit's ``extra["history"]``.
+- Several targets in one request: the reference's scripts erase the one concept their prompt
+  file is about; here every target's (anchor, target) pairs are pooled into one list, so one
+  discriminator and one run align all of them with their anchors (on canvas-mini with
+  ``canvas_anchors: others`` the anchors are the concepts not being erased, the erased ones never
+  serve as anchors). The pairs are taken target by target in turn, so the anchor images (image i:
+  pair i mod n_pairs) are spread evenly over the targets even when there are fewer images than
+  pairs, and each step draws images uniformly: the targets share the steps equally. Steps and anchor
+  images are the config's, so the cost does not grow with the number of targets (only the prompts
+  encoded once); ``extra["targets"]`` records the training samples each target got.
 - Diagnostics: ``probe_samples`` / ``x0_estimates`` give the x0 estimates the discriminator sees, for
   fixed noised samples, before and after a run (tests and benches).
 - Several processes (``accelerate launch``): data-parallel like ESD (the plan holds
@@ -132,7 +141,7 @@ from erasure.diffusion import (
 from erasure.edit import Edit
 from erasure.errors import ErasureInputError
 from erasure.prompts import with_article
-from erasure.request import ErasureRequest
+from erasure.request import ErasureRequest, prompt_targets, spread
 from erasure.sampling import SampleStore, step_block
 from erasure.training import (
     MIXED_PRECISION,
@@ -388,6 +397,38 @@ def make_plan(n_samples: int, n_images: int, num_train_timesteps: int, seed: int
     return plan
 
 
+def _owners(request: ErasureRequest, pipe, pairs: Sequence[tuple[str, str]]) -> list[int | None]:
+    """The target each pair trains (the one its target prompt names), or None."""
+    from erasure.families import family_of
+
+    req = request.resolve(pipe)
+    return prompt_targets([t for _, t in pairs], req.targets, req.kind, family_of(pipe))
+
+
+def interleaved(pairs: list[tuple[str, str]], request: ErasureRequest, pipe) -> list[tuple[str, str]]:
+    """Several targets: their pairs taken in turn (first of each target, then second of each, ...), so
+    the anchor images, image i of pair i mod n_pairs, are spread evenly over the targets even when
+    there are fewer images than pairs. One target, or pairs not attributable to one each: unchanged."""
+    owners = _owners(request, pipe, pairs)
+    if len(request.targets) == 1 or any(o is None for o in owners):
+        return pairs
+    groups = [[p for p, o in zip(pairs, owners) if o == k] for k in range(len(request.targets))]
+    return [g[i] for i in range(max(map(len, groups))) for g in groups if i < len(g)]
+
+
+def pair_spread(request: ErasureRequest, pipe, pairs: Sequence[tuple[str, str]], images: Sequence[int]) -> dict:
+    """Training samples per target (the edit's ``extra["targets"]``): a sample's anchor image is of
+    pair ``image mod len(pairs)``, and the pair trains the target its target prompt names."""
+    owners = _owners(request, pipe, pairs)
+    if len(request.targets) == 1 or any(o is None for o in owners):
+        schedule = "one target" if len(request.targets) == 1 else "shared: pairs not attributable to one target"
+        return spread(request.targets, [len(images)] * len(request.targets), "training samples", schedule)
+    counts = [sum(owners[i % len(pairs)] == k for i in images) for k in range(len(request.targets))]
+    return spread(request.targets, counts, "training samples",
+                  "pooled: the targets' prompt pairs in one list, taken in turn; anchor images spread over them, "
+                  "each sample's image drawn uniformly")
+
+
 # ----------------------------------------------------------------------------- the method
 @register("doco")
 class DoCo(ErasureMethod):
@@ -400,7 +441,7 @@ class DoCo(ErasureMethod):
 
     def __call__(self, pipe, request, *, run_dir=None, resume: bool = False, progress=None) -> Edit:
         c: DoCoConfig = self.config
-        pairs = prompt_pairs(request, pipe, c.templates, c.canvas_anchors)
+        pairs = interleaved(prompt_pairs(request, pipe, c.templates, c.canvas_anchors), request, pipe)
         s = setup_run(pipe, request, run_dir, resolution=c.resolution, mixed_precision=c.mixed_precision)
         req, device, rank, world, shape, ac, kind = s.request, s.device, s.rank, s.world, s.shape, s.ac, s.kind
         unet = pipe.unet
@@ -483,6 +524,7 @@ class DoCo(ErasureMethod):
                 "global_batch_size": c.batch_size * world,
                 "prompt_pairs": len(pairs),
                 "prompt_pair_examples": [list(p) for p in pairs[:4]],
+                "targets": pair_spread(req, pipe, pairs, plan.adv_image),
                 "anchor_images": len(images),
                 "discriminator_lr": disc_lr,
                 "discriminator_parameters": int(sum(p.numel() for p in disc.parameters())),

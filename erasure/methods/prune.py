@@ -41,6 +41,13 @@ Implementation choices:
   each row, so the count per layer scales with the width). SDXL samples with both text encoders and
   its added conditions (``TextConditioner``); its classifier-free guidance uses the zero embedding
   for the empty prompt, as the SDXL pipeline does.
+- Several targets (concept kinds): a mask per target, each from that target's own prompts against
+  its base set, zeroed as their union, as ConceptPrune's multi-concept erasure (reference
+  ``wanda/multi_concept_union.py``, which also thresholds the per-step masks by a select ratio;
+  here each per-target mask is already the union over the ``tau`` steps). The recording, the
+  method's whole cost, grows linearly with the targets (a base set shared by several, such as a
+  style's "a {object}" captions on canvas-mini, is recorded once). Memorized captions are one set,
+  as in the memorization paper; prompts given that do not each name one target are pooled.
 - Recording stops after the ``tau`` steps it needs (the rest of each trajectory does not affect
   the mask). Under several processes every process computes the same mask (no sharding: the
   recording is seconds on canvas-mini and minutes on SD).
@@ -51,7 +58,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -68,7 +75,7 @@ from erasure.diffusion import (
 )
 from erasure.edit import Edit
 from erasure.errors import ErasureInputError
-from erasure.request import ErasureRequest
+from erasure.request import ErasureRequest, prompt_targets, spread, target_groups
 from erasure.training import CostMeter
 
 from .base import ErasureMethod, MethodConfig
@@ -249,24 +256,17 @@ class Prune(ErasureMethod):
         req = request.resolve(pipe)
         unet = pipe.unet
         meter = CostMeter(unet.device)
-        targets, bases = prompt_sets(pipe, req, c.base)
+        subs = per_target_requests(pipe, req)
+        sets = [prompt_sets(pipe, sub, c.base) for sub in (subs or [req])]
         with meter.phase("recording"):
-            # One unit per sampled prompt (prompt x seed), target set then base set.
-            total, done = (len(targets) + len(bases)) * c.seeds, 0
-
-            def advance(n: int) -> None:
-                nonlocal done
-                done += n
-                progress("recording activations", done, total, {})
-
-            if progress:
-                progress("recording activations", 0, total, {})
-            target_norms = record_activation_norms(pipe, targets, c, advance if progress else None)
-            base_norms = record_activation_norms(pipe, bases, c, advance if progress else None)
-        zeroed, per_layer = {}, {}
+            norms = self._record(pipe, sets, progress)
+        zeroed, per_layer, per_target = {}, {}, [0] * len(sets)
         with meter.phase("pruning"), torch.no_grad():
             for name, module in ActivationNorms(unet, c.layers, 1).layers.items():
-                mask = wanda_mask(module.weight, target_norms[name], base_norms[name], c.rho)
+                masks = [wanda_mask(module.weight, target[name], base[name], c.rho) for target, base in norms]
+                for k, m in enumerate(masks):
+                    per_target[k] += int(m.sum())
+                mask = torch.stack(masks).any(0)  # several targets: the union (ConceptPrune's multi-concept rule)
                 key = f"unet.{name}.weight"
                 zeroed[key] = mask.flatten().nonzero().squeeze(1).to(torch.int32).cpu()
                 module.weight.masked_fill_(mask.to(module.weight.device), 0)
@@ -284,8 +284,58 @@ class Prune(ErasureMethod):
                 "fraction_of_unet": pruned / unet_weights,
                 "fraction_of_pruned_layers": pruned / layer_weights,
                 "pruned_per_layer": per_layer,
-                "target_prompts": len(targets),
-                "base_prompts": len(bases),
+                "target_prompts": sum(len(t) for t, _ in sets),
+                "base_prompts": sum(len(b) for b in dict.fromkeys(tuple(b) for _, b in sets)),
                 "resolution": c.resolution or native_resolution(pipe),
+                "targets": _spread(req, subs, per_target),
             },
         )
+
+    def _record(self, pipe, sets: list[tuple[list[str], list[str]]], progress) -> list[tuple[dict, dict]]:
+        """(target norms, base norms) per prompt-set pair; a base set shared by several targets
+        (a style's "a {object}" captions) is recorded once."""
+        c: PruneConfig = self.config
+        bases = list(dict.fromkeys(tuple(b) for _, b in sets))
+        # One unit per sampled prompt (prompt x seed), target sets then base sets.
+        total, done = (sum(len(t) for t, _ in sets) + sum(len(b) for b in bases)) * c.seeds, 0
+
+        def advance(n: int) -> None:
+            nonlocal done
+            done += n
+            progress("recording activations", done, total, {})
+
+        if progress:
+            progress("recording activations", 0, total, {})
+        on_batch = advance if progress else None
+        targets = [record_activation_norms(pipe, t, c, on_batch) for t, _ in sets]
+        recorded = {b: record_activation_norms(pipe, list(b), c, on_batch) for b in bases}
+        return [(norms, recorded[tuple(b)]) for norms, (_, b) in zip(targets, sets)]
+
+
+def per_target_requests(pipe, request: ErasureRequest) -> list[ErasureRequest] | None:
+    """One request per target, each with the prompts and paraphrases that name it, for a concept
+    request with several targets (ConceptPrune's multi-concept erasure: a mask per concept, then their
+    union, reference ``wanda/multi_concept_union.py``); None for one target, for memorized captions
+    (the memorization paper prunes them as one set) and for prompts that do not each name one target
+    (then pooled into one set)."""
+    from erasure.families import family_of
+
+    if len(request.targets) == 1 or request.kind == "memorized":
+        return None
+    family = family_of(pipe)
+    groups = target_groups(prompt_targets(request.prompts, request.targets, request.kind, family), len(request.targets))
+    if groups is None:
+        return None
+    owners = prompt_targets(request.paraphrases or [], request.targets, request.kind, family)
+    return [replace(request, targets=[t], prompts=[request.prompts[i] for i in group],
+                    paraphrases=[p for p, o in zip(request.paraphrases or [], owners) if o == k])
+            for k, (t, group) in enumerate(zip(request.targets, groups))]
+
+
+def _spread(request: ErasureRequest, subs: list | None, per_target: list[int]) -> dict:
+    """Weights each target's own mask selected (the edit's ``extra["targets"]``; the edit is their union)."""
+    if subs is None:
+        schedule = "one target" if len(request.targets) == 1 else "pooled: one prompt set for every target, one mask"
+        return spread(request.targets, per_target * len(request.targets), "weights selected", schedule)
+    return spread(request.targets, per_target, "weights selected by the target's own mask",
+                  "a mask per target (its own prompts against its base set), zeroed as their union")

@@ -74,6 +74,14 @@ and ``sd_util.py``, run with ``run_sfd.sh``):
   Gradient checkpointing (``gradient_checkpointing``) applies to all three UNets, since the
   generator step back-propagates through the teacher and f_psi as well. Peak memory is measured
   (``CostMeter``); bench/sd_scale.py and bench/sd_memory.py measure it at SD 1.5's size.
+- Several targets in one request: the forget set is every target's prompts (and paraphrases),
+  each forget prompt's override replacing whichever target it names, and every forget row draws
+  a prompt uniformly from the pooled set, so each target gets the share of its prompts (the
+  reference's forget list is a prompt file, cycled the same way whatever concepts it holds). The
+  steps are the config's: the cost does not grow with the number of targets (only the prompts
+  encoded once); ``extra["targets"]`` records each target's forget prompts. A chain of runs
+  (``erasure erase --model RUN``) cannot continue after an SFD run: its UNet is a one-step
+  generator, not the noise predictor every method (SFD's own teacher included) trains from.
 - Checkpoints hold both networks, both optimisers, the fp16 loss scaler state and the losses: state
   tracked by an ``erasure.training.TrainLoop`` (``track``) whose steps (``run_steps``) update the
   two networks themselves.
@@ -109,6 +117,7 @@ from erasure.diffusion import (
 from erasure.edit import CHECKPOINT_DIR, Edit
 from erasure.errors import ErasureInputError
 from erasure.one_step import SAMPLER, generator_x0
+from erasure.request import prompt_targets, spread
 from erasure.training import (
     MIXED_PRECISION,
     ParameterState,
@@ -314,6 +323,20 @@ def prompt_sets(request, forget_set: str = "prompts+paraphrases") -> PromptSets:
     return PromptSets(forget, override, remain)
 
 
+def forget_spread(request, sets: PromptSets, pipe) -> dict:
+    """Forget prompts per target (the edit's ``extra["targets"]``): every sample draws a forget prompt
+    uniformly, so a target's share of the forget rows is its share of the prompts."""
+    from erasure.families import family_of
+
+    owners = prompt_targets(sets.forget, request.targets, request.kind, family_of(pipe))
+    counts = [sum(o == k for o in owners) for k in range(len(request.targets))]
+    unnamed = sum(o is None for o in owners)
+    schedule = ("one target" if len(request.targets) == 1 else
+                "pooled: forget rows drawn uniformly from every target's prompts and paraphrases"
+                + (f" ({unnamed} prompts name no single target)" if unnamed else ""))
+    return spread(request.targets, counts, "forget prompts", schedule)
+
+
 def reference_alpha_bars() -> dict[str, float]:
     """Stable Diffusion's alpha_bar at the reference timesteps (scaled-linear betas 0.00085..0.012, 1000 steps)."""
     betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float32) ** 2
@@ -422,7 +445,7 @@ class SFD(ErasureMethod):
                 run.train()
             run.drop_training_state()  # the fake network and both optimisers: memory for the edit's tensors
             tensors = run.changed_generator_tensors()
-            extra = run.summary()
+            extra = {**run.summary(), "targets": forget_spread(s.request, sets, pipe)}
         finally:
             run.close()
         edit = self.trained_edit(s.request, tensors, cost=s.meter.summary(), device=s.device, mixed_precision=s.mixed,

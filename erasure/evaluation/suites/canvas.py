@@ -56,6 +56,27 @@ def canvas_targets(request: dict) -> tuple[str, list[int]]:
     raise ErasureInputError(f"the canvas suite scores style and object erasures; this run erased a {req.kind!r} concept")
 
 
+def canvas_erased(manifest: dict) -> tuple[str, list[int]]:
+    """(kind, indices) of every canvas-mini concept a run erased: its request's targets and, for a run
+    that ends a chain (``erasure erase --model RUN``), every earlier run's, first erased first. They
+    all count as erased (UA), and IRA is measured on the concepts of the kind no run of the chain
+    erased. A chain that erased styles and objects is refused: UA/IRA/CRA are defined per kind."""
+    from erasure.erased import erased_concepts
+
+    kinds: dict[str, list[int]] = {}
+    for link in erased_concepts(manifest):
+        kind, idx = canvas_targets({"targets": link["targets"], "kind": link["kind"]})
+        erased = kinds.setdefault(kind, [])
+        for i in idx:
+            if i not in erased:
+                erased.append(i)
+    if len(kinds) > 1:
+        raise ErasureInputError("the canvas suite scores runs whose chain erased one kind of concept; this one erased "
+                                "styles and objects (evaluate the runs of each kind apart)")
+    (kind, idx), = kinds.items()
+    return kind, idx
+
+
 def _labels(cases: Sequence[CanvasCase], seeds: int):
     import torch
 
@@ -238,7 +259,7 @@ class CanvasSuite(Suite):
 
     def check(self, original: str, manifests: list[dict]) -> None:
         for m in manifests:
-            canvas_targets(m["request"])
+            canvas_erased(m)
 
     def prepare(self, ev) -> None:
         self.seeds = ev.seeds
@@ -246,7 +267,7 @@ class CanvasSuite(Suite):
                                         reference_seed=self.config.reference_seed)
 
     def case(self, manifest: dict) -> Case:
-        kind, idx = canvas_targets(manifest["request"])
+        kind, idx = canvas_erased(manifest)  # a chain's end: every run's concepts count as erased
         return Case([c.prompt for c in self.cases], key=(kind, tuple(idx)), info=(kind, idx, manifest))
 
     def score(self, images: list[Image.Image], case: Case) -> dict:
@@ -271,7 +292,9 @@ class CanvasSuite(Suite):
         return probe
 
     def grid(self, before, after, case: Case, manifest: dict) -> Image.Image:
-        title = f"erased: {', '.join(manifest['request']['targets'])} ({manifest['method']})"
+        from erasure.erased import erased_concepts
+
+        title = "erased: " + "; then ".join(f"{', '.join(e['targets'])} ({e['method']})" for e in erased_concepts(manifest))
         return before_after_grid(before, after, self.cases, self.seeds, title)
 
     def report(self, ev, cases: list[Case]) -> dict:
@@ -279,9 +302,11 @@ class CanvasSuite(Suite):
         acc = accuracy_canvas(before, self.cases, ev.seeds)
         columns = [Column("UA", "UA", True), Column("IRA", "IRA", True), Column("CRA", "CRA", True),
                    *self._fidelity.columns()]
-        notes = ["UA: share of generations for the erased concept not recognised as it (higher: better erased). "
-                 "IRA: accuracy on the other concepts of the same kind. CRA: accuracy on the other kind, on prompts "
-                 "without the erased concept (both higher: better kept).", self._fidelity.note()]
+        notes = ["UA: share of generations for the erased concept not recognised as it (higher: better erased); "
+                 "a run that erased several concepts, or ends a chain of runs, counts every concept erased along the "
+                 "way, and its UA is their mean (each has the same number of prompts; per concept in per_target_UA). "
+                 "IRA: accuracy on the other concepts of the same kind, those no run erased. CRA: accuracy on the "
+                 "other kind, on prompts without an erased concept (both higher: better kept).", self._fidelity.note()]
         if self.robust:
             columns.append(Column("paraphrase_recognition", "paraphrases recognised", False))
             notes.append("Paraphrases recognised: share of the erased concept's captions in canvas-mini's other templates "
