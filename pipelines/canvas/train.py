@@ -271,14 +271,23 @@ def _atomic_dir(final: Path, write: Callable[[Path], None]) -> Path:
     return final
 
 
+#: What ``train_all`` writes into its folder (besides ``<stage>-checkpoint.pt``).
+TRAINING_ENTRIES = ("settings.json", "training.json", "data.npz", "tokenizer", "evaluator", "clip", "canvas-mini",
+                    "pretrained")
+
+
 def check_training_folder(settings: TrainSettings) -> Path:
     """``settings.out``, refused before anything is written when it cannot be written, holds something
     other than a canvas-mini training (``settings.json`` is the first file a training writes), or a
     training made with other settings."""
     out = check_output_folder(settings.out, "--out")
-    visible = [p for p in out.iterdir() if not p.name.startswith(".")] if out.is_dir() else []
-    if visible and not (out / "settings.json").is_file():
-        raise ErasureInputError(f"--out {out}: not empty and not a canvas-mini training; choose a new folder")
+    visible = [p.name for p in out.iterdir() if not p.name.startswith(".")] if out.is_dir() else []
+    # A folder holding only parts of a training (an evaluator or CLIP copied in to skip their stage,
+    # a killed run's data) is resumed; anything else is someone's folder.
+    foreign = [name for name in visible if name not in TRAINING_ENTRIES and not name.endswith("-checkpoint.pt")]
+    if foreign and not (out / "settings.json").is_file():
+        raise ErasureInputError(f"--out {out}: not empty and not a canvas-mini training ({foreign[0]}); "
+                                "choose a new folder")
     _check_same_settings(out / "settings.json", settings)
     return out
 
