@@ -243,3 +243,13 @@ def test_a_chained_run_exports_its_own_change(esd_u_run, tmp_path):
     assert "## Chain" in card and "esd: a cat (object)" in card
     with pytest.raises(ErasureInputError, match="not the text encoder alone"):
         export_run(run, "text-encoder", tmp_path / "te")
+
+
+def test_a_canvas_text_encoder_edit_exports_as_a_text_encoder(tmp_path, capsys):
+    run = tmp_path / "adv"
+    erase(load_pipeline("canvas-mini", device="cpu"), ErasureRequest(["dotted"], kind="style"), "advunlearn", out=run,
+          steps=2, warmup=0, attack_steps=1, ddim_steps=2, retain_batch=2, sample_pool=4, precompute_batch=4,
+          checkpoint_every=0)
+    code, out, err = run_cli(["export", str(run), "--to", "text-encoder", "--out", str(tmp_path / "te")], capsys)
+    assert code == 0, err
+    assert "CLIPTextModel.from_pretrained vs load_erased, max pixel difference 0/255" in out
