@@ -40,10 +40,9 @@ def lora_run(run: Path, spec: dict, out: Path) -> tuple[Path, dict]:
     folder = out / "lora" / f"{run.name}-{label}"
     shutil.rmtree(folder, ignore_errors=True)
     exported = export_run(run, "lora", folder / "export", **spec)
-    edit = Edit.load(run)
-    lora = lora_from_edit(edit, load_pipeline("canvas-mini", device="cpu"), **spec)
-    applied = dataclasses.replace(edit, tensors=lora.applied(load_pipeline("canvas-mini", device="cpu")), zeroed={},
-                                  extra={**edit.extra, "lora": spec})
+    edit, base = Edit.load(run), load_pipeline("canvas-mini", device="cpu")
+    lora = lora_from_edit(edit, base, **spec)
+    applied = dataclasses.replace(edit, tensors=lora.applied(base), zeroed={}, extra={**edit.extra, "lora": spec})
     applied.save(folder / "run")
     record = {"run": shown(run), "lora": label, **spec, "bytes": exported.details["bytes"],
               "edit_bytes": read_manifest(run)["edit"]["file_bytes"], "max_rank": exported.details["lora"]["max_rank"],

@@ -112,10 +112,9 @@ def _unet_config(model, model_config: str | os.PathLike | None) -> dict | None:
         return dict(unet.config)
     if not isinstance(model, (str, os.PathLike)):
         return None
-    folder = Path(model).expanduser()
-    for candidate in (folder, Path(model_config).expanduser() if model_config else None):
-        path = candidate / "unet" / "config.json" if candidate is not None else None
-        if path is not None and path.is_file():
+    folders = [Path(model), *([Path(model_config)] if model_config else [])]  # a single file: its config folder
+    for path in (folder.expanduser() / "unet" / "config.json" for folder in folders):
+        if path.is_file():
             try:
                 return json.loads(path.read_text(encoding="utf-8"))
             except (OSError, ValueError):

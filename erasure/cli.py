@@ -232,11 +232,6 @@ def export(
     device: DeviceOpt = "cpu",
 ) -> None:
     """Export a run for other tools; reloads the export with their loader and checks it against load_erased."""
-    from erasure.export import check_export
-
-    check_export(run, to, out)
-    if to != "lora" and (rank is not None or energy is not None or not lora_bias):
-        raise ErasureInputError("--rank, --energy and --no-lora-bias apply to --to lora only")
     _export(run, to, out, rank=rank, energy=energy, lora_bias=lora_bias, device=device)
 
 

@@ -31,6 +31,7 @@ from pathlib import Path
 
 from erasure.atomic import atomic_path, check_output_file, check_output_folder
 from erasure.errors import ErasureInputError
+from erasure.model_card import CARD_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -60,13 +61,18 @@ class ExportResult:
     details: dict = field(default_factory=dict)
 
 
-def check_export(run: str | os.PathLike, to: str, out: str | os.PathLike) -> dict:
+def check_export(run: str | os.PathLike, to: str, out: str | os.PathLike, *, rank: int | None = None,
+                 energy: float | None = None, lora_bias: bool = True) -> dict:
     """Refuse, in one line and before any weight loads, an export that cannot work; returns the manifest."""
     from erasure.erased import chain_links, check_run
+    from erasure.lora import check_lora_options
     from erasure.one_step import SAMPLER
 
     if to not in FORMATS:
         raise ErasureInputError(f"--to {to!r}: unknown format; expected one of {', '.join(FORMATS)}")
+    if to != "lora" and (rank is not None or energy is not None or not lora_bias):
+        raise ErasureInputError("--rank, --energy and --no-lora-bias apply to --to lora only")
+    check_lora_options(rank, energy)
     manifest = check_run(run)  # a broken or half-written run fails here, not after a model loaded
     base, extra = manifest.get("base", {}), manifest.get("extra") or {}
     one_step = extra.get("sampler") == SAMPLER
@@ -128,9 +134,7 @@ def export_run(run: str | os.PathLike, to: str, out: str | os.PathLike, *, rank:
     ``energy`` of each delta's squared norm; default energy 0.99) and whether changed biases ride
     along as ``lora_B`` biases (exact, but ``fuse_lora`` then needs every adapted layer to have a bias).
     """
-    manifest = check_export(run, to, out)
-    if to != "lora" and (rank is not None or energy is not None or not lora_bias):
-        raise ErasureInputError("--rank, --energy and --no-lora-bias apply to --to lora only")
+    manifest = check_export(run, to, out, rank=rank, energy=energy, lora_bias=lora_bias)
     run, out = Path(run).expanduser(), Path(out).expanduser()
     report = progress or (lambda *a: None)
     writers = {"single-file": _single_file, "diffusers": _diffusers, "lora": _lora, "text-encoder": _text_encoder}
@@ -144,9 +148,12 @@ def export_run(run: str | os.PathLike, to: str, out: str | os.PathLike, *, rank:
         if to != "lora" and check["max_abs_diff"] > LOSSLESS_MAX_DIFF:
             raise RuntimeError(f"export check failed: {loader} gives an image that differs from load_erased's "
                                f"by up to {check['max_abs_diff']}/255; nothing was written")
-        if tmp.is_dir():
+        if tmp.is_dir():  # a folder is renamed into place with its record and card already inside
             _write_record(tmp, run, manifest, to, check, details)
-    card = _write_export_card(run, manifest, to, out, check, details)
+            _write_export_card(run, manifest, to, out, check, details, tmp / CARD_FILE)
+    card = out / CARD_FILE if out.is_dir() else out.with_suffix(".md")
+    if not out.is_dir():  # a single file: its card beside it
+        _write_export_card(run, manifest, to, out, check, details, card)
     logger.info("exported %s as %s to %s", run, to, out)
     return ExportResult(to, out, card, check, details)
 
@@ -191,6 +198,7 @@ def _single_file(run: Path, manifest: dict, tmp: Path, *, device: str, report: P
     import tempfile
 
     from erasure.erased import load_erased
+    from erasure.pipelines.loading import no_safety_checker
     from erasure.pipelines.single_file import save_single_file
 
     report("writing", 0, 1, {})
@@ -206,7 +214,7 @@ def _single_file(run: Path, manifest: dict, tmp: Path, *, device: str, report: P
     def load():
         try:
             reloaded = cls.from_single_file(str(tmp), config=str(configs), local_files_only=True,
-                                            **_no_safety_checker(cls))
+                                            **no_safety_checker(cls))
         finally:
             import shutil
 
@@ -239,7 +247,7 @@ def _save_configs(pipe, folder: Path) -> None:
 def _diffusers(run: Path, manifest: dict, tmp: Path, *, device: str, report: Progress, **_):
     from erasure.erased import load_erased
     from erasure.one_step import one_step_pipeline
-    from erasure.pipelines.loading import pipeline_class
+    from erasure.pipelines.loading import no_safety_checker, pipeline_class
 
     report("writing", 0, 1, {})
     pipe = load_erased(run, device="cpu", dtype=_base_dtype(manifest))
@@ -250,7 +258,7 @@ def _diffusers(run: Path, manifest: dict, tmp: Path, *, device: str, report: Pro
     cls = pipeline_class(tmp)
 
     def load():
-        reloaded = _for_check(cls.from_pretrained(tmp, local_files_only=True, **_no_safety_checker(cls)), manifest, device)
+        reloaded = _for_check(cls.from_pretrained(tmp, local_files_only=True, **no_safety_checker(cls)), manifest, device)
         return one_step_pipeline(reloaded, manifest.get("extra"))  # SFD's generator samples in one step
 
     size = sum(p.stat().st_size for p in tmp.rglob("*") if p.is_file())
@@ -338,12 +346,6 @@ def _for_check(pipe, manifest: dict, device: str):
     return pipe.to(target, dtype)
 
 
-def _no_safety_checker(cls) -> dict:
-    from erasure.pipelines.loading import no_safety_checker
-
-    return no_safety_checker(cls)
-
-
 # ----------------------------------------------------------------------------- records and cards
 def _write_record(folder: Path, run: Path, manifest: dict, to: str, check: dict, details: dict) -> None:
     record = {"run": str(run.resolve()), "format": to, "method": manifest["method"], "request": manifest["request"],
@@ -351,16 +353,14 @@ def _write_record(folder: Path, run: Path, manifest: dict, to: str, check: dict,
     (folder / EXPORT_RECORD).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
 
 
-def _write_export_card(run: Path, manifest: dict, to: str, out: Path, check: dict, details: dict) -> Path:
-    from erasure.model_card import CARD_FILE, card_text, read_evaluations
+def _write_export_card(run: Path, manifest: dict, to: str, out: Path, check: dict, details: dict, card: Path) -> None:
+    from erasure.model_card import card_text, read_evaluations
 
     export = {"format": to, "written": datetime.now(timezone.utc).isoformat(timespec="seconds"), "check": check,
               "lora": details.get("lora")}
     text = card_text(manifest, run=run, evaluations=read_evaluations(run), usage=_usage(to, out, manifest), export=export)
-    card = out / CARD_FILE if out.is_dir() else out.with_suffix(".md")
     with atomic_path(card) as tmp:
         tmp.write_text(text, encoding="utf-8")
-    return card
 
 
 def _usage(to: str, out: Path, manifest: dict) -> str:

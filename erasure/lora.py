@@ -138,6 +138,14 @@ def _base_tensor(modules: dict[str, torch.nn.Module], key: str) -> torch.Tensor:
         raise ErasureInputError(f"edit tensor {key}: the base pipeline has no such parameter") from None
 
 
+def check_lora_options(rank: int | None, energy: float | None) -> None:
+    """Refuse a rank below 1 or an energy outside (0, 1], in one line."""
+    if rank is not None and rank < 1:
+        raise ErasureInputError(f"--rank must be at least 1, got {rank}")
+    if energy is not None and not 0 < energy <= 1:
+        raise ErasureInputError(f"--energy must lie in (0, 1], got {energy}")
+
+
 def lora_from_edit(edit: Edit, base, *, rank: int | None = None, energy: float | None = None,
                    include_bias: bool = True, progress: Callable[[int, int], None] | None = None) -> Lora:
     """The LoRA of ``edit`` relative to ``base`` (the pipeline it was made from, unmodified).
@@ -145,10 +153,7 @@ def lora_from_edit(edit: Edit, base, *, rank: int | None = None, energy: float |
     ``include_bias``: carry changed biases as ``lora_B`` biases (exact); off, they are left out, and
     ``fuse_lora`` works on every layer (peft cannot fuse a ``lora_B`` bias into a layer without one).
     """
-    if rank is not None and rank < 1:
-        raise ErasureInputError(f"--rank must be at least 1, got {rank}")
-    if energy is not None and not 0 < energy <= 1:
-        raise ErasureInputError(f"--energy must lie in (0, 1], got {energy}")
+    check_lora_options(rank, energy)
     if rank is None and energy is None:
         energy = DEFAULT_ENERGY
     deltas = weight_deltas(edit, base)
