@@ -2,8 +2,8 @@
 
 The benches run as scripts (``python bench/NAME.py``), so this module is imported as ``_runs``.
 
-- ``erase_once``: a canvas-mini run, reused while it was made for the same request, method, config
-  and weights (an unfinished one resumes).
+- ``erase_once``: a canvas-mini run (or the next run of a chain), reused while it was made for the
+  same request, method, config and weights (an unfinished one resumes).
 - ``results_options``, ``parse``, ``write_results``, ``report_only``: every bench's ``--results DIR``
   (where ``NAME.json`` and ``NAME.md`` go; default bench/results) and ``--report-only`` (measure
   nothing: rewrite ``NAME.md`` from ``NAME.json``).
@@ -24,6 +24,7 @@ from pathlib import Path
 from erasure import ErasureRequest, erase
 from erasure.api import method_config
 from erasure.edit import CHECKPOINT_DIR, fingerprint, read_manifest
+from erasure.erased import load_erased
 from erasure.errors import ErasureInputError
 from erasure.pipelines import load_pipeline
 
@@ -31,14 +32,15 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 
 
-def erase_once(run: Path, request: ErasureRequest, method: str, config, **overrides) -> Path:
-    """Erase ``request`` from the shipped canvas-mini into ``run`` unless a finished run is there.
+def erase_once(run: Path, request: ErasureRequest, method: str, config, start: Path | None = None, **overrides) -> Path:
+    """Erase ``request`` from the shipped canvas-mini (or, with ``start``, from that run's pipeline: a
+    chain) into ``run`` unless a finished run is there.
 
     A finished run is reused only while it was made for the same request by the same method and
-    config from canvas-mini's current weights (a retrained model, a changed preset or another
-    anchor invalidates it); an unfinished one resumes from its checkpoint.
+    config from the same weights (a retrained model, a changed preset, another anchor or another
+    predecessor invalidates it); an unfinished one resumes from its checkpoint.
     """
-    pipe = load_pipeline("canvas-mini")
+    pipe = load_erased(start) if start is not None else load_pipeline("canvas-mini")
     manifest = run / "manifest.json"
     if manifest.exists() and _made_by(read_manifest(run), request, method, config, pipe, overrides):
         return run
@@ -52,8 +54,25 @@ def erase_once(run: Path, request: ErasureRequest, method: str, config, **overri
     if not resume:
         shutil.rmtree(run, ignore_errors=True)
         erase(pipe, request, method, config=config, out=run, **overrides)
-    print(f"{method}: erased {request.kind} {request.targets[0]!r} in {time.time() - start:.0f} s -> {run}", flush=True)
+    print(f"{method}: erased {request.kind} {', '.join(map(repr, request.targets))} in {time.time() - start:.0f} s -> {run}", flush=True)
     return run
+
+
+def method_overrides(bench: str, sets: list[str], methods: list[str]) -> dict[str, dict]:
+    """``--set METHOD.KEY=VALUE`` (benches that run several methods) as {method: {key: value}}, every
+    method present; a malformed one, or one naming a method the bench does not run, ends it with one line."""
+    from erasure.config import parse_assignments
+
+    out: dict[str, list[str]] = {m: [] for m in methods}
+    for item in sets:
+        method, _, assignment = item.partition(".")
+        if method not in out or not assignment:
+            raise SystemExit(f"{bench}: --set {item!r}: expected METHOD.KEY=VALUE with METHOD one of {', '.join(methods)}")
+        out[method].append(assignment)
+    try:
+        return {m: parse_assignments(a, f"--set {m}.") for m, a in out.items()}
+    except ErasureInputError as e:
+        raise SystemExit(f"{bench}: {e}") from None
 
 
 def _made_by(manifest: dict, request: ErasureRequest, method: str, config, pipe, overrides: dict) -> bool:

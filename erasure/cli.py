@@ -393,7 +393,8 @@ def quickstart(
     with StageBars() as bars:
         metrics = run_quickstart(out, concept=concept, method=method, steps=steps, seeds=seed_list, progress=bars)
     headline = {**metrics, "columns": [c for c in metrics["columns"] if c["key"] in ("UA", "IRA", "CRA")]}
-    _print_table(f"{metrics['suite']} suite: before -> after (UA: erased, IRA/CRA: kept)", score_table(headline, target_width=40))
+    _print_table(f"{metrics['suite']} suite: before -> after", score_table(headline, target_width=40))
+    typer.echo("UA: the erased style is no longer recognised; IRA / CRA: the other styles and the objects still are")
     typer.echo(f"wrote {out}: run/, metrics.json, report.md, {metrics['runs'][0]['grid']}")
 
 

@@ -101,8 +101,8 @@ def share_trajectories(points: Sequence[TrajectoryPoint], key: str) -> list[Traj
     The frozen model then runs about W_p trajectories to (near) the last depth instead of one per
     point to its depth: with n points of one prompt over D depths, roughly (n/D + a few sqrt(n/D))
     trajectories of D - 1 steps against n (D - 1) / 2 steps. The x_t of a trajectory are correlated,
-    so a run sees fewer independent samples of the concept: a quality question, measured before any
-    preset adopts it.
+    so a run sees fewer independent samples of the concept: a quality question, measured per preset by
+    bench/trajectory_reuse.py (ESD-x on canvas-mini styles held; ESD-u and AdvUnlearn lost UA).
     """
     per_depth = Counter((p.prompt, p.depth) for p in points)
     width: dict[int, int] = {}

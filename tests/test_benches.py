@@ -226,10 +226,66 @@ def test_lora_rank(tmp_path):
     assert [line.split(" | ")[1] for line in rows(md, "erased")] == ["full edit", "r1", "e0.99"]
 
 
+def test_trajectory_reuse(tmp_path):
+    tiny_adv = ["steps=2", "warmup=0", "attack_steps=1", "ddim_steps=2", "retain_batch=2", "sample_pool=4",
+                "precompute_batch=4", "checkpoint_every=0"]
+    run_bench("trajectory_reuse", *CANVAS, "--advunlearn-styles", "dotted", *sets("--set", [f"esd.{s}" for s in TINY_ESD]),
+              *sets("--set", [f"advunlearn.{s}" for s in tiny_adv]), "--out", tmp_path / "runs", "--results", tmp_path)
+    result, md = written(tmp_path, "trajectory_reuse")
+    assert [(r["method"], r["concept"], r["seed"]) for r in result["rows"]] == [("esd", "dotted", 0), ("advunlearn", "dotted", 0)]
+    for r in result["rows"]:
+        for mode in ("per-step", "shared"):
+            m = r[mode]
+            assert all(0 <= m["after"][k] <= 1 for k in ("UA", "IRA", "CRA")) and isinstance(m["bar_met"], bool)
+            assert m["sample_steps"]["executed"] > 0 and m["wall_seconds"] > 0
+            assert f"/{mode}/seed0/" in m["run"]
+        assert set(r["difference"]) == {"UA", "IRA", "CRA"} and isinstance(r["holds"], bool)
+        assert all(d["noise"] >= 1 / 16 - 1e-9 for d in r["difference"].values())  # at least one image of 16
+    assert result["overrides"]["esd"]["steps"] == 2
+    assert len(rows(md, "erased")) == 6 and "- `configs/esd/canvas-mini-style.yaml`: " in md
+    assert "- `configs/advunlearn/canvas-mini-style.yaml`: " in md
+    assert "--set esd.steps=2" in result["command"]
+
+
+def test_trajectory_reuse_refuses_the_modes_own_keys(tmp_path):
+    done = subprocess.run([sys.executable, str(BENCH / "trajectory_reuse.py"), "--set", "esd.trajectories=shared",
+                           "--out", tmp_path, "--results", tmp_path], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode != 0 and "trajectories and seed are the bench's own" in done.stderr
+    assert not list(tmp_path.iterdir())
+
+
+def test_many_concepts(tmp_path):
+    tiny_sfd = ["steps=2", "batch_size=1", "checkpoint_every=0"]
+    run_bench("many_concepts", "--methods", "esd", "sfd", "--ks", "1", "2", "--requests", "2", "--seeds", "0",
+              "--sampling-steps", "1", *sets("--set", [f"esd.{s}" for s in TINY_ESD]),
+              *sets("--set", [f"sfd.{s}" for s in tiny_sfd]), "--out", tmp_path / "runs", "--results", tmp_path)
+    result, md = written(tmp_path, "many_concepts")
+    assert [r["k"] for r in result["scalability"]["esd"]] == [1, 2]
+    two = result["scalability"]["esd"][1]
+    assert set(two["per_target_UA"]) == {"dotted", "striped"} and two["counts"]["IRA"] == 6 * 8  # 6 styles kept, 1 seed
+    esd = result["sustainability"]["esd"]
+    assert esd["refused"] is None and len(esd["requests"]) == 2
+    first, second = esd["requests"]
+    assert first["run"] == result["scalability"]["esd"][0]["run"]  # the first request is the k = 1 run
+    assert set(second["per_target_UA"]) == {"dotted", "striped"}  # the chain's end scores both
+    assert second["chain_edit_bytes"] == first["edit_bytes"] + second["edit_bytes"] > 0
+    assert second["chain_seconds"] >= second["seconds"]
+    sfd = result["sustainability"]["sfd"]  # an SFD run is a one-step generator: no chain starts from it
+    assert len(sfd["requests"]) == 1 and "sfd" in sfd["refused"].lower()
+    assert len(rows(md, "method")) == 4 and "refused: " in md
+    for name in ("scalability", "sustainability"):
+        assert (tmp_path / f"many_concepts_{name}.png").stat().st_size > 1000
+    # --report-only rewrites the page and the plots from the JSON alone.
+    for f in ("many_concepts.md", "many_concepts_scalability.png"):
+        (tmp_path / f).unlink()
+    run_bench("many_concepts", "--report-only", "--results", tmp_path)
+    assert (tmp_path / "many_concepts.md").read_text() == md and (tmp_path / "many_concepts_scalability.png").is_file()
+
+
 #: Benches whose committed markdown is rewritten from their committed JSON by ``--report-only``.
 #: Not here: advunlearn_canvas_asr_lr0.1 (an older run's format, without the per-run ``accuracy_bar_met``).
 REGENERATED = ["esd_canvas", "advunlearn_canvas", "doco_canvas", "prune_canvas", "prune_sweep", "prune_ceiling",
-               "sfd_canvas", "lora_rank"]
+               "sfd_canvas", "lora_rank", "esd_reference", "trajectory_reuse"]
 
 
 @pytest.mark.parametrize("name", REGENERATED)

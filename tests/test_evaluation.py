@@ -104,8 +104,15 @@ def test_cli_quickstart_end_to_end(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["quickstart", "--out", str(out), "--steps", "2", "--seeds", "0"])
     assert exc.value.code == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
     assert "UA" in printed and "dotted" in printed
+    # stderr is no terminal here: a plain line per stage as it starts, and its end (issue 29: a
+    # redirected quickstart used to print nothing for 20 minutes)
+    lines = captured.err.splitlines()
+    for stage in ("sampling x_t", "training", "generate original", "generate run"):
+        mine = [line for line in lines if line.startswith(f"{stage} ")]
+        assert mine and mine[0].startswith(f"{stage} 0/") and "(100%)" in mine[-1], (stage, lines)
     metrics = json.loads((out / "metrics.json").read_text())
     assert (out / "run" / "manifest.json").is_file()
     assert (out / metrics["runs"][0]["grid"]).is_file()

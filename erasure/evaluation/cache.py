@@ -88,6 +88,8 @@ def generate_cached(
     logger.info("%d of %d images cached; generating %d (process %d of %d)", len(jobs) - len(missing), len(jobs),
                 len(mine), rank, world)
     made_here: dict[int, Image.Image] = {}
+    if progress and rank == 0 and mine:
+        progress(0, len(mine))  # the stage shows at once, not after its first batch (seconds on a CPU)
     for start in range(0, len(mine), settings.batch_size):
         chunk = mine[start : start + settings.batch_size]
         # one prompt per job: generate() pairs every prompt with every seed, so call per seed group

@@ -30,8 +30,9 @@ rohitgandikota/erasing, whose original CompVis-based script and newer diffusers 
   (``erasure.sampling.share_trajectories``). It cuts the frozen model's sampling sample-steps by
   about the number of samples per trajectory (counted: 7.3x at 100 iterations and 50 DDIM steps,
   18x at 1000; the noise estimates at the samples, one per sample, are unchanged), at the price of
-  correlated x_t (fewer independent noise draws per run); no preset uses it until its quality is
-  measured. It saves work only when precomputing, and under several processes each
+  correlated x_t (fewer independent noise draws per run). bench/trajectory_reuse.py measured it on
+  canvas-mini: ESD-x on styles kept UA / IRA / CRA (its canvas-mini preset uses it), ESD-u on an
+  object lost UA (its preset keeps per-step). It saves work only when precomputing, and under several processes each
   process reruns the trajectories its own samples lie on. ``precompute_batch`` then counts the
   trajectories run side by side (the noise estimates at their samples are taken that many at a time).
 - Memory: one UNet. The trained tensors are optimised in float32 (master weights; the reference
