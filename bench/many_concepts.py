@@ -121,6 +121,9 @@ def markdown(result: dict) -> str:
         "## Sustainability: one style per request, each run started from the last",
         "![sustainability](many_concepts_sustainability.png)",
         "Time, peak memory and edit size are the chain's so far (summed; the largest peak).",
+        "Peak memory is the peak RSS of the bench's process, which runs every erasure in turn: exact for the first "
+        "run made in a process, an upper bound for the later ones (runs reused from an earlier invocation keep what "
+        "their own process saw).",
         table(["method", "request", "erased now", *METRICS, "UA of every style erased so far", "chain time (s)",
                "peak memory (GiB)", "chain edit (MB)"], sust),
     )
@@ -133,7 +136,7 @@ def plot(result: dict, results: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [("UA", "UA (erased)"), ("IRA", "IRA (kept styles)"), ("CRA", "CRA (objects)")]
+    panels = [("UA", "UA (mean over the erased styles)"), ("IRA", "IRA (styles never erased)"), ("CRA", "CRA (objects)")]
     for name, series, xkey, xlabel, extra in (
         ("scalability", {m: rows for m, rows in result["scalability"].items()}, "k", "styles erased at once", ("seconds", "time (s)")),
         ("sustainability", {m: c["requests"] for m, c in result["sustainability"].items()}, "request",
