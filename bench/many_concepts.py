@@ -138,13 +138,14 @@ def plot(result: dict, results: Path) -> None:
 
     panels = [("UA", "UA (mean over the erased styles)"), ("IRA", "IRA (styles never erased)"), ("CRA", "CRA (objects)")]
     for name, series, xkey, xlabel, extra in (
-        ("scalability", {m: rows for m, rows in result["scalability"].items()}, "k", "styles erased at once", ("seconds", "time (s)")),
+        ("scalability", result["scalability"], "k", "styles erased at once", ("seconds", "time (s)")),
         ("sustainability", {m: c["requests"] for m, c in result["sustainability"].items()}, "request",
          "sequential requests (one style each)", ("first_UA", f"UA of {ORDER[0]} (first erased)")),
     ):
         keys = panels + [extra]
         fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.4), constrained_layout=True)
         for ax, (key, title) in zip(axes, keys):
+            ticks: set[int] = set()
             for method, rows in series.items():
                 if not rows:
                     continue
@@ -152,10 +153,10 @@ def plot(result: dict, results: Path) -> None:
                 ys = [r["per_target_UA"][ORDER[0]] if key == "first_UA" else r[key] for r in rows]
                 ys = [y * 100 for y in ys] if key != "seconds" else ys
                 ax.plot(xs, ys, marker="o", label=method)
+                ticks.update(xs)
             ax.set_title(title)
             ax.set_xlabel(xlabel)
-            ax.set_xticks(sorted({x for rows in series.values() for x in
-                                  ([r["k"] for r in rows] if xkey == "k" else range(1, len(rows) + 1))}))
+            ax.set_xticks(sorted(ticks))
             if key != "seconds":
                 ax.set_ylim(-5, 105)
                 ax.set_ylabel("%")

@@ -147,9 +147,7 @@ def main() -> None:
             "bar_met": all(r["after"][k] >= v for k, v in BAR.items()),
         }
     rows = []
-    for e, seed, mode in plan:
-        if mode != MODES[0]:
-            continue
+    for e, seed in dict.fromkeys((e, seed) for e, seed, _ in plan):
         per_step, shared = scored[(e, seed, "per-step")], scored[(e, seed, "shared")]
         difference = compare(per_step, shared)
         rows.append({
