@@ -27,6 +27,7 @@ from erasure.edit import CHECKPOINT_DIR, fingerprint, read_manifest
 from erasure.erased import load_erased
 from erasure.errors import ErasureInputError
 from erasure.pipelines import load_pipeline
+from erasure.progress import StageBars
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -46,14 +47,15 @@ def erase_once(run: Path, request: ErasureRequest, method: str, config, start: P
         return run
     start = time.time()
     resume = not manifest.exists() and (run / CHECKPOINT_DIR).is_dir()
-    if resume:
-        try:
-            erase(pipe, request, method, config=config, out=run, resume=True, **overrides)
-        except ErasureInputError:  # made from other weights or settings: start again
-            resume = False
-    if not resume:
-        shutil.rmtree(run, ignore_errors=True)
-        erase(pipe, request, method, config=config, out=run, **overrides)
+    with StageBars() as bars:  # a bench's runs take minutes to hours: show them alive, also in a log
+        if resume:
+            try:
+                erase(pipe, request, method, config=config, out=run, resume=True, progress=bars, **overrides)
+            except ErasureInputError:  # made from other weights or settings: start again
+                resume = False
+        if not resume:
+            shutil.rmtree(run, ignore_errors=True)
+            erase(pipe, request, method, config=config, out=run, progress=bars, **overrides)
     print(f"{method}: erased {request.kind} {', '.join(map(repr, request.targets))} in {time.time() - start:.0f} s -> {run}", flush=True)
     return run
 

@@ -38,6 +38,7 @@ from erasure.configs import preset_path
 from erasure.edit import read_manifest
 from erasure.errors import ErasureInputError
 from erasure.evaluation import evaluate_runs
+from erasure.progress import StageBars
 
 NAME = "many_concepts"
 METHODS = ("esd", "advunlearn", "doco", "sfd", "prune")
@@ -202,7 +203,8 @@ def main() -> None:
     chains = {m: in_sequence(m, args.requests, args.out, overrides[m]) for m in args.methods}
     runs = list(dict.fromkeys([r for rows in scalability.values() for _, r in rows]
                               + [r for chain, _ in chains.values() for r in chain]))
-    metrics = evaluate_runs("canvas-mini", runs, out=args.out / "eval", settings=sampling(args))
+    with StageBars() as bars:
+        metrics = evaluate_runs("canvas-mini", runs, out=args.out / "eval", settings=sampling(args), progress=bars)
     scores = dict(zip(runs, metrics["runs"]))
     result = {k: metrics[k] for k in ("suite", "judge", "sampling", "prompts")}
     result["order"] = list(ORDER)

@@ -2,7 +2,8 @@
 
 The library reports progress through callbacks (``progress(stage, done, total, metrics)`` for
 methods, ``progress(done, total)`` for generation); these classes turn them into what the user
-sees. Only the CLI layer (``erasure.cli``, ``erasure.canvas_cli``) imports this module.
+sees. Only what faces a person imports this module: the CLI layer (``erasure.cli``,
+``erasure.canvas_cli``) and the benches.
 """
 
 from __future__ import annotations

@@ -205,6 +205,55 @@ def test_evaluate_with_the_attack_records_both_sides(evaluated, style_run, tmp_p
     assert not (tmp_path / "bad").exists()
 
 
+def test_shipped_phrasings_are_ones_canvas_mini_never_saw():
+    """Issue 25: at least eight held-out phrasings and a separate tuning split, none of whose captions
+    is one canvas-mini was trained on (its training templates, and "a {object}" alone)."""
+    from erasure.evaluation import load_suite
+    from erasure.pipelines.canvas.render import OBJECTS, STYLES, TEMPLATES, caption
+
+    config = load_suite("canvas").config
+    assert len(config.unseen_phrasings) >= 8 and len(config.tuning_phrasings) >= 2
+    assert not set(config.unseen_phrasings) & set(config.tuning_phrasings)
+    trained = {caption(o, s, t) for o in OBJECTS for s in STYLES for t in [*TEMPLATES, "a {object}"]}
+    for template in config.unseen_phrasings + config.tuning_phrasings:
+        captions = {caption(o, s, template) for o in OBJECTS for s in STYLES}
+        assert len(captions) == 64 and not captions & trained, template
+    assert caption("arrow", "outline", config.unseen_phrasings[0]).startswith("An outline arrow")  # the article fits
+
+
+def test_phrasings_score_every_pair_in_each_set(evaluated, style_run, tmp_path):
+    """UA / IRA / CRA on the trained paraphrases and on a phrasing split, in metrics.json, the report and
+    compare. Scored like the main captions: the trained template 0 as the "paraphrase" set, drawn with
+    the evaluation's seed, gives the main table's UA / IRA / CRA exactly (same images, same judge)."""
+    from erasure.evaluation.compare import compare_runs, comparison_columns, comparison_markdown
+
+    out, plain = evaluated
+    args = dict(phrasings=True, paraphrase_templates=[0], phrasing_seeds=TINY.seeds,
+                unseen_phrasings=["{style}-patterned {object}", "a {object} rendered in a {style} look"])
+    metrics = evaluate_runs("canvas-mini", [style_run], out=tmp_path, settings=TINY, suite_args=args, cache_dir=out / "cache")
+    (run,) = metrics["runs"]
+    for side in ("before", "after"):
+        assert {k: run[side][f"{k}_paraphrased"] for k in ("UA", "IRA", "CRA")} == \
+            {k: plain["runs"][0][side][k] for k in ("UA", "IRA", "CRA")}
+        assert all(0.0 <= run[side][f"{k}_unseen"] <= 1.0 for k in ("UA", "IRA", "CRA"))
+    unseen = run["phrasings"]["unseen"]
+    assert unseen["templates"] == args["unseen_phrasings"] and unseen["prompts"] == 128 and unseen["seeds"] == TINY.seeds
+    assert unseen["after"]["counts"]["UA"] == 16  # dotted x 8 objects x 2 phrasings x 1 seed
+    keys = [c["key"] for c in metrics["columns"]]
+    assert keys[keys.index("CRA_paraphrased") + 1:][:3] == ["UA_unseen", "IRA_unseen", "CRA_unseen"]
+    assert "UA, unseen phrasings before" in (tmp_path / "report.md").read_text()
+    table = comparison_markdown(compare_runs([style_run], [tmp_path]), comparison_columns([tmp_path]))
+    assert "UA, unseen phrasings" in table
+    with pytest.raises(ErasureInputError, match="phrasing_split: expected one of tuning, unseen"):
+        evaluate_runs("canvas-mini", [style_run], out=tmp_path / "bad", suite_args=dict(phrasings=True, phrasing_split="x"))
+    with pytest.raises(ErasureInputError, match="needs both"):
+        evaluate_runs("canvas-mini", [style_run], out=tmp_path / "bad", suite_args=dict(phrasings=True, unseen_phrasings=["a {object}"]))
+    with pytest.raises(ErasureInputError, match="training templates"):
+        evaluate_runs("canvas-mini", [style_run], out=tmp_path / "bad",
+                      suite_args=dict(phrasings=True, phrasing_split="tuning", tuning_phrasings=["{style} {object}"]))
+    assert not (tmp_path / "bad").exists()
+
+
 def test_the_attack_brings_back_a_weakly_erased_style(tmp_path):
     """A known direction on a tiny run: after a short ESD-x run canvas-mini rarely draws striped from
     its concept prompt, and the suite's soft-prompt attack (a stronger budget than the default, to

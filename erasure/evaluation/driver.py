@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -56,7 +56,7 @@ class Evaluation:
     device: str = "auto"
     progress: ProgressFn | None = None
     _base: Any = field(default=None, repr=False)
-    _base_images: dict = field(default_factory=dict, repr=False)  # the original's, per prompt list
+    _base_images: dict = field(default_factory=dict, repr=False)  # the original's, per (prompts, seeds)
 
     def base(self):
         """The original pipeline (loaded once)."""
@@ -73,17 +73,20 @@ class Evaluation:
         # a fresh base: applying the edit must not change the original used for "before"
         return load_erased(run, base=load_pipeline(self.original, device=self.device))
 
-    def generate(self, pipe, prompts: Sequence[str], name: str) -> list[Image.Image]:
+    def generate(self, pipe, prompts: Sequence[str], name: str, seeds: Sequence[int] | None = None) -> list[Image.Image]:
         """Every (prompt, seed) image of ``pipe``, prompt-major, through the cache; progress as "generate NAME".
+        ``seeds``: other seeds than the evaluation's (e.g. one seed for a large prompt set).
 
         The original's images are also kept in memory: every run is scored against them, and reading
         them back would fingerprint the whole model again each time."""
+        settings = self.settings if seeds is None else replace(self.settings, seeds=list(seeds))
+        key = (tuple(prompts), tuple(settings.seeds))
         original = pipe is self._base
-        if original and tuple(prompts) in self._base_images:
-            return self._base_images[tuple(prompts)]
-        images = generate_cached(pipe, prompts, self.settings, self.cache, self.stage(f"generate {name}"))
+        if original and key in self._base_images:
+            return self._base_images[key]
+        images = generate_cached(pipe, prompts, settings, self.cache, self.stage(f"generate {name}"))
         if original:
-            self._base_images[tuple(prompts)] = images
+            self._base_images[key] = images
         return images
 
     def stage(self, name: str) -> Callable[[int, int], None] | None:

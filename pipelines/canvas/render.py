@@ -55,11 +55,13 @@ def caption(obj: str, style: str, template: int | str = 0) -> str:
     """Caption of an object in a style; ``template`` is an index into TEMPLATES or a template string."""
     text = TEMPLATES[template] if isinstance(template, int) else template
     text = text.format(object=obj, style=style)
-    # Fix "a" before vowels ("a arrow" -> "an arrow", "a outline painting" -> "an outline painting").
+    # Fix "a" before vowels ("a arrow" -> "an arrow", "a outline painting" -> "an outline painting"),
+    # keeping a capital ("A outline star" -> "An outline star").
     words = text.split(" ")
     for i in range(len(words) - 1):
-        if words[i] in ("a", "an"):
-            words[i] = with_article(words[i + 1]).split(" ")[0]
+        if words[i].lower() in ("a", "an"):
+            article = with_article(words[i + 1].lower()).split(" ")[0]
+            words[i] = article.capitalize() if words[i][0].isupper() else article
     return " ".join(words)
 
 

@@ -6,8 +6,10 @@ Every object x style caption, a few seeds each, judged by the evaluator shipped 
 (``erasure.metrics.UnlearnCanvasAccuracy``): UA (the erased concept no longer recognised), IRA
 (the other concepts of its kind kept), CRA (the other kind kept). Beside them, ``CanvasFidelity``:
 CLIP score with canvas-mini's CLIP and FID/KID against real renders. Opt-in robustness:
-``paraphrases`` (the erased concept in canvas-mini's other caption templates) and ``attack`` (the
-soft-prompt attack of ``erasure.attacks``, AdvUnlearn's reference settings, on the concept prompt).
+``paraphrases`` (the erased concept in canvas-mini's other caption templates), ``phrasings``
+(UA / IRA / CRA on every pair in those trained templates and in phrasings the model never saw) and
+``attack`` (the soft-prompt attack of ``erasure.attacks``, AdvUnlearn's reference settings, on the
+concept prompt).
 """
 
 from __future__ import annotations
@@ -35,8 +37,9 @@ class CanvasCase:
     style: int
 
 
-def canvas_cases(template: int = 0) -> list[CanvasCase]:
-    """Every object x style caption in one of canvas-mini's templates (0: UnlearnCanvas'), style-major."""
+def canvas_cases(template: int | str = 0) -> list[CanvasCase]:
+    """Every object x style caption in one template, style-major: an index into canvas-mini's
+    training templates (0: UnlearnCanvas') or a template string with ``{object}`` and ``{style}``."""
     from erasure.pipelines.canvas.render import OBJECTS, STYLES, caption
 
     return [CanvasCase(caption(o, s, template), oi, si) for si, s in enumerate(STYLES) for oi, o in enumerate(OBJECTS)]
@@ -203,6 +206,12 @@ class CanvasSuiteConfig(SuiteConfig):
     reference_seed: int = 4242  # their render seeds, held out from training's
     paraphrase_templates: list[int] = dataclasses.field(default_factory=lambda: [1, 2, 3, 4])
     paraphrases: bool = False  # the erased concept in the paraphrase templates (implied by attack)
+    phrasings: bool = False  # UA / IRA / CRA on the paraphrase templates and on a phrasing split
+    phrasing_split: str = "unseen"  # which split ``phrasings`` scores: "unseen" (held out) or "tuning"
+    phrasing_seeds: list[int] = dataclasses.field(default_factory=lambda: [0])
+    # The phrasings canvas-mini never saw; configs/suites/canvas.yaml holds them (written once, there).
+    tuning_phrasings: list[str] = dataclasses.field(default_factory=list)
+    unseen_phrasings: list[str] = dataclasses.field(default_factory=list)
     attack: bool = False  # the soft-prompt attack per run, on the original and the erased model
     attack_seeds: list[int] = dataclasses.field(default_factory=lambda: [1000, 1001, 1002, 1003])
     attack_steps: int = 30
@@ -217,6 +226,31 @@ class CanvasSuiteConfig(SuiteConfig):
         super().validate()
         if self.attack:
             self.attack_settings()  # bad attack settings fail now, not after generation
+        if self.phrasings:
+            self.phrasing_sets()
+
+    def phrasing_sets(self) -> dict[str, list[int | str]]:
+        """The caption sets ``phrasings`` scores, checked: {"paraphrased": trained template indices,
+        SPLIT: the split's template strings}."""
+        from erasure.pipelines.canvas.render import TEMPLATES
+
+        splits = {"tuning": self.tuning_phrasings, "unseen": self.unseen_phrasings}
+        if self.phrasing_split not in splits:
+            raise ErasureInputError(f"phrasing_split: expected one of {', '.join(splits)}, got {self.phrasing_split!r}")
+        if not self.phrasing_seeds:
+            raise ErasureInputError("phrasing_seeds: no seeds")
+        for name, templates in splits.items():
+            if not templates:
+                raise ErasureInputError(f"{name}_phrasings: no templates")
+            for t in templates:
+                if "{object}" not in t or "{style}" not in t:
+                    raise ErasureInputError(f"{name}_phrasings: {t!r} needs both {{object}} and {{style}}")
+                if t in TEMPLATES:
+                    raise ErasureInputError(f"{name}_phrasings: {t!r} is one of canvas-mini's training templates")
+        for t in self.paraphrase_templates:
+            if not 0 <= t < len(TEMPLATES):
+                raise ErasureInputError(f"paraphrase_templates: {t} is not one of canvas-mini's {len(TEMPLATES)} templates")
+        return {"paraphrased": list(self.paraphrase_templates), self.phrasing_split: list(splits[self.phrasing_split])}
 
     def attack_settings(self) -> dict:
         """The attack's settings, checked: seeds, the ``SoftPromptAttackConfig`` (from every ``attack_X``
@@ -257,6 +291,15 @@ class CanvasSuite(Suite):
     def robust(self) -> bool:
         return self.config.paraphrases or self.config.attack
 
+    @property
+    def phrasing_columns(self) -> list[Column]:
+        """UA / IRA / CRA per phrasing set, keyed ``UA_SET``; none unless ``phrasings``."""
+        if not self.config.phrasings:
+            return []
+        titles = {"paraphrased": "trained paraphrases", "unseen": "unseen phrasings", "tuning": "tuning phrasings"}
+        return [Column(f"{m}_{name}", f"{m}, {titles[name]}", True)
+                for name in self.config.phrasing_sets() for m in ("UA", "IRA", "CRA")]
+
     def check(self, original: str, manifests: list[dict]) -> None:
         for m in manifests:
             canvas_erased(m)
@@ -276,9 +319,16 @@ class CanvasSuite(Suite):
 
     def probe(self, ev, erased, case: Case, label: str) -> Probe:
         probe = Probe()
+        kind, idx, manifest = case.info
+        if self.config.phrasings:
+            probe.record["phrasings"] = {}
+            for name, templates in self.config.phrasing_sets().items():
+                scores = phrasing_scores(ev, templates, self.config.phrasing_seeds, erased, kind, idx, f"{label} {name}")
+                probe.record["phrasings"][name] = scores
+                for side in ("before", "after"):
+                    getattr(probe, side).update({f"{m}_{name}": scores[side][m] for m in ("UA", "IRA", "CRA")})
         if not self.robust:
             return probe
-        kind, idx, manifest = case.info
         robustness: dict[str, Any] = {"paraphrase": paraphrase_recognition(ev, self.config.paraphrase_templates,
                                                                           erased, kind, idx, label)}
         for side in ("before", "after"):
@@ -307,6 +357,15 @@ class CanvasSuite(Suite):
                  "way, and its UA is their mean (each has the same number of prompts; per concept in per_target_UA). "
                  "IRA: accuracy on the other concepts of the same kind, those no run erased. CRA: accuracy on the "
                  "other kind, on prompts without an erased concept (both higher: better kept).", self._fidelity.note()]
+        if self.config.phrasings:
+            columns.extend(self.phrasing_columns)
+            sets = self.config.phrasing_sets()
+            split = self.config.phrasing_split
+            notes.append(
+                f"UA / IRA / CRA on other phrasings, every object x style pair in each template, seeds "
+                f"{', '.join(map(str, self.config.phrasing_seeds))}: trained paraphrases (canvas-mini's training templates "
+                f"{', '.join(map(str, sets['paraphrased']))}) and {len(sets[split])} {split} phrasings canvas-mini never saw "
+                f"({'; '.join(repr(t) for t in sets[split])}).")
         if self.robust:
             columns.append(Column("paraphrase_recognition", "paraphrases recognised", False))
             notes.append("Paraphrases recognised: share of the erased concept's captions in canvas-mini's other templates "
@@ -355,6 +414,19 @@ class CanvasSuite(Suite):
                                             steps=s.steps, guidance=s.guidance, scheduler=s.scheduler,
                                             progress=ev.stage(f"attack {side}"))
         return out
+
+
+def phrasing_scores(ev, templates: Sequence[int | str], seeds: Sequence[int], erased, kind: str,
+                    targets: Sequence[int], name: str) -> dict:
+    """UA / IRA / CRA of the original ("before") and the erased model ("after") on every object x style
+    pair in each of ``templates`` (training template indices or template strings), drawn with ``seeds``."""
+    cases = [c for t in templates for c in canvas_cases(t)]
+    prompts = [c.prompt for c in cases]
+    out: dict[str, Any] = {"templates": list(templates), "prompts": len(prompts), "seeds": list(seeds)}
+    for side, pipe in (("before", ev.base()), ("after", erased)):
+        images = ev.generate(pipe, prompts, f"{name} ({side})", seeds=seeds)
+        out[side] = score_canvas(images, cases, len(seeds), kind, targets)
+    return out
 
 
 def paraphrase_recognition(ev, templates: Sequence[int], erased, kind: str, targets: Sequence[int], name: str) -> dict:
