@@ -279,6 +279,7 @@ def evaluate(
     reference: Annotated[Optional[Path], typer.Option("--reference", help="Folder of reference images: adds FID/KID (SD suites).")] = None,
     fid_features: Annotated[Optional[str], typer.Option("--fid-features", help="FID/KID features: inception (weights in torch hub's cache; the default), inception:WEIGHTS or canvas-evaluator.")] = None,
     suite_arg: Annotated[Optional[list[str]], typer.Option("--suite-arg", "-a", help="A suite setting, KEY=VALUE (YAML value), e.g. attack=true (canvas), nudity_threshold=0.5 (sd-nudity), training_images=DIR (memorization); repeatable. `erasure suites` lists them.")] = None,
+    attack: Annotated[Optional[str], typer.Option("--attack", help="Attacks to run per run, comma-separated (`erasure attacks` lists them), e.g. soft-prompt,unlearndiffatk: their success rates before and after (canvas).")] = None,
     device: DeviceOpt = "auto",
 ) -> None:
     """Score erased runs against the original on a suite; writes metrics.json, report.md and report.html."""
@@ -299,6 +300,12 @@ def evaluate(
     args.update({k: v for k, v in (("steps", steps), ("guidance", guidance)) if v is not None})
     if seeds:
         args["seeds"] = parse_seeds(seeds)
+    if attack is not None:
+        if "attacks" not in takes:
+            raise ErasureInputError(f"--attack: the {suite} suite runs no attacks")
+        args["attacks"] = [a.strip() for a in attack.split(",") if a.strip()]
+        if not args["attacks"]:
+            raise ErasureInputError("--attack: no attack named")
     configured = load_suite(suite, **args)
     check_runs(original, erased, configured, out)  # bad input, --out included, fails in one line before any model loads
     _quiet_libraries()
@@ -309,6 +316,60 @@ def evaluate(
         return
     _print_table(f"{metrics['suite']} suite: original -> erased", score_table(metrics, target_width=40))
     typer.echo(f"wrote {out / 'metrics.json'}, {out / 'report.md'} and {out / 'report.html'}")
+
+
+@app.command()
+def attack(
+    run: Annotated[Path, typer.Argument(help="Run folder of an erased model.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="New folder for the adversarial prompts or embeddings, images, attack.json, report.md and grid.png.")],
+    attack_name: Annotated[str, typer.Option("--attack", help="Attack by name (`erasure attacks` lists them).")] = "unlearndiffatk",
+    concept: Annotated[Optional[str], typer.Option("--concept", "-c", help="Concept prompt to attack (default: the prompt the run erased its first target with).")] = None,
+    original: Annotated[Optional[str], typer.Option("--original", help="The model before erasure (default: the one the run's chain started from).")] = None,
+    seeds: Annotated[str, typer.Option("--seeds", help="Attack seeds, e.g. 0-3 or 0,5: one attack and one image each.")] = "0-3",
+    budget: Annotated[Optional[int], typer.Option("--budget", min=1, help="Optimisation steps per seed (default: the attack's).")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Any attack setting, KEY=VALUE (YAML value); repeatable.")] = None,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Attack an erased run: can the concept still be brought back? Writes what the attack found and a report."""
+    from erasure.config import parse_assignments
+    from erasure.evaluation.attack_run import attack_run, check_attack_run
+    from erasure.pipelines.generation import parse_seeds
+
+    settings = parse_assignments(set_ or [])
+    if budget is not None:
+        settings["steps"] = budget
+    seed_list = parse_seeds(seeds)
+    _, configured = check_attack_run(run, attack_name, settings, out, concept)  # one line, nothing written, before any model loads
+    _quiet_libraries()
+    with StageBars() as bars:
+        summary = attack_run(run, configured, seeds=seed_list, out=out, concept=concept,
+                             original=original, device=device, progress=bars)
+    for r in summary["per_seed"]:
+        found = r["prompt"] if r["prompt"] is not None else r["files"]["prompt_embeds"]
+        verdict = "" if r["recognised"] is None else (" (recognised)" if r["recognised"] else " (not recognised)")
+        typer.echo(f"seed {r['seed']}: {found}{verdict}")
+    if summary["asr"] is not None:
+        typer.echo(f"attack success {summary['asr']:.0%} of {len(seed_list)} seeds; the unattacked prompt {summary['clean_rate']:.0%}")
+    typer.echo(f"wrote {out}: attack.json, report.md, grid.png and each seed's findings")
+
+
+@app.command()
+def attacks() -> None:
+    """List the attacks and the settings each takes (`erasure attack --set KEY=VALUE`)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from erasure.attacks import available_attacks, get_attack
+
+    table = Table(title="attacks on erased models")
+    for head in ("attack", "what it finds", "--set KEY (default)"):
+        table.add_column(head, overflow="fold")
+    for name in available_attacks():
+        cls = get_attack(name)
+        config = cls.config_class()
+        args = ", ".join(f"{k} ({_short(v)})" for k, v in config.to_dict().items())
+        table.add_row(name, (cls.__doc__ or "").strip().splitlines()[0], args)
+    Console().print(table)
 
 
 @app.command()

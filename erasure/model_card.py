@@ -222,7 +222,8 @@ def _limit_lines(method: str) -> list[str]:
         "- Meant for removing a concept from a text-to-image model that is shipped or studied, and for measuring "
         "how well that worked. It lowers how often the concept appears; it does not prove it can never appear.",
         "- The scores above hold for the suite's prompts, seeds and judges. Other phrasings, other seeds and "
-        "adversarial prompts can do better at bringing the concept back (`erasure evaluate -a attack=true` measures one attack).",
+        "adversarial prompts can do better at bringing the concept back (`erasure attack RUN` and "
+        "`erasure evaluate --attack soft-prompt,unlearndiffatk` measure it).",
         "- Other concepts can change too: read the retention scores (IRA/CRA, FID/CLIP) before shipping.",
         *([f"- {METHOD_LIMITS[method]}"] if method in METHOD_LIMITS else []),
     ]

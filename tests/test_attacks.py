@@ -11,9 +11,10 @@ from erasure.attacks import (
     SoftPrompt,
     SoftPromptAttack,
     SoftPromptAttackConfig,
-    attack_success_rate,
+    attack_success,
     encode_soft_prompt,
     generate_from_embeddings,
+    load_attack,
     random_token_embeddings,
     teacher_samples,
 )
@@ -145,8 +146,9 @@ def test_generation_from_embeddings_matches_generate(pipe):
         assert np.abs(diff).max() <= 1, "generation from embeddings differs from generate()"
 
 
-def test_attack_success_rate_generates_attacked_images_and_counts(tiny_sd, pipe):
-    teacher = teacher_samples(pipe, "a cat", 4, seed=4, **FEW)
+def test_attack_success_generates_attacked_images_and_counts(tiny_sd, pipe):
+    """The soft-prompt attack through the registry: teacher samples of the original, one attack and one
+    attacked image per seed, judged; the unattacked prompt on the same seeds judged first."""
     erased = erased_copy(tiny_sd)
     seen = []
 
@@ -154,15 +156,20 @@ def test_attack_success_rate_generates_attacked_images_and_counts(tiny_sd, pipe)
         seen.append(images)
         return torch.tensor([len(seen) == 2] * len(images))  # "recognised" only in the first attacked image
 
-    out = attack_success_rate(erased, teacher, judge, seeds=[10, 11], config={"steps": 2, "lr": 0.1}, steps=3)
-    assert out["asr"] == 0.5 and out["clean_rate"] == 0.0
+    attack = load_attack("soft-prompt", steps=2, lr=0.1, teacher_samples=4, teacher_ddim_steps=4, sample_steps=3,
+                         guidance=3.0)
+    out = attack_success(attack, erased, pipe, "a cat", judge, seeds=[10, 11])
+    assert out["asr"] == 0.5 and out["clean_rate"] == 0.0 and out["attack_name"] == "soft-prompt"
     assert [r["recognised"] for r in out["per_seed"]] == [True, False]
     assert len(seen) == 3 and len(seen[0]) == 2 and seen[1][0].size == (32, 32)
     # the attacked image of seed 10 is not the clean one of seed 10
     assert not np.array_equal(np.asarray(seen[1][0]), np.asarray(seen[0][0]))
     assert out["attack"]["steps"] == 2 and out["sampling"]["steps"] == 3 and out["seeds"] == [10, 11]
+    assert all(r["budget"] == {"steps": 2, "teacher_samples": 4} for r in out["per_seed"])
+    assert len(attack._teachers) == 1  # the original's samples are drawn once for every seed
+    assert attack_success(attack, erased, pipe, "a cat", judge, seeds=[10], budget=3)["per_seed"][0]["budget"]["steps"] == 3
     with pytest.raises(ErasureInputError, match="no seeds"):
-        attack_success_rate(erased, teacher, judge, seeds=[])
+        attack_success(attack, erased, pipe, "a cat", judge, seeds=[])
 
 
 def test_canvas_judge_recognises_rendered_styles():

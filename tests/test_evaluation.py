@@ -99,7 +99,14 @@ def test_evaluate_refuses_bad_input(tmp_path, style_run):
     assert not (tmp_path / "e").exists()
 
 
-def test_cli_quickstart_end_to_end(tmp_path, capsys):
+def test_cli_quickstart_end_to_end(tmp_path, capsys, monkeypatch):
+    import functools
+
+    import erasure.quickstart
+
+    # 5 sampling steps instead of the suite's 25: the command's mechanics, not its images, are tested
+    # here (and the suite took 105 s of it); README's quickstart numbers come from the real command
+    monkeypatch.setattr(erasure.quickstart, "SamplingSettings", functools.partial(SamplingSettings, steps=5))
     out = tmp_path / "q"
     with pytest.raises(SystemExit) as exc:
         main(["quickstart", "--out", str(out), "--steps", "2", "--seeds", "0"])
@@ -114,6 +121,7 @@ def test_cli_quickstart_end_to_end(tmp_path, capsys):
         mine = [line for line in lines if line.startswith(f"{stage} ")]
         assert mine and mine[0].startswith(f"{stage} 0/") and "(100%)" in mine[-1], (stage, lines)
     metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["sampling"]["steps"] == 5 and metrics["sampling"]["seeds"] == [0]
     assert (out / "run" / "manifest.json").is_file()
     assert (out / metrics["runs"][0]["grid"]).is_file()
     assert (out / "report.md").is_file()

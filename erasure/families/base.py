@@ -38,6 +38,8 @@ class ModelFamily(ABC):
     name: ClassVar[str] = ""
     #: families are asked in this order (lowest first); the catch-all family has the highest
     priority: ClassVar[int] = 50
+    #: classifier-free guidance the family's images are drawn with unless a caller says otherwise
+    guidance: ClassVar[float] = 7.5
 
     # -- membership
     @abstractmethod

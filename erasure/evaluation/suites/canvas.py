@@ -24,6 +24,7 @@ from PIL import Image
 from erasure.errors import ErasureInputError
 
 from ..grids import side_by_side
+from ..cache import SamplingSettings
 from ..registry import Case, Probe, Suite, SuiteConfig, register_suite
 from ..report import Column
 
@@ -213,6 +214,9 @@ class CanvasSuiteConfig(SuiteConfig):
     tuning_phrasings: list[str] = dataclasses.field(default_factory=list)
     unseen_phrasings: list[str] = dataclasses.field(default_factory=list)
     attack: bool = False  # the soft-prompt attack per run, on the original and the erased model
+    attacks: list[str] = dataclasses.field(default_factory=list)  # registered attacks per run ("soft-prompt": attack)
+    # per attack other than soft-prompt (whose settings are the attack_* keys): its config keys
+    attack_configs: dict = dataclasses.field(default_factory=dict)
     attack_seeds: list[int] = dataclasses.field(default_factory=lambda: [1000, 1001, 1002, 1003])
     attack_steps: int = 30
     attack_lr: float = 1e-3
@@ -224,8 +228,10 @@ class CanvasSuiteConfig(SuiteConfig):
 
     def validate(self) -> None:
         super().validate()
-        if self.attack:
+        if self.attack or self.attacks:
             self.attack_settings()  # bad attack settings fail now, not after generation
+            for name in self.attack_names():
+                self.registry_attack(name)
         if self.phrasings:
             self.phrasing_sets()
 
@@ -251,6 +257,32 @@ class CanvasSuiteConfig(SuiteConfig):
             if not 0 <= t < len(TEMPLATES):
                 raise ErasureInputError(f"paraphrase_templates: {t} is not one of canvas-mini's {len(TEMPLATES)} templates")
         return {"paraphrased": list(self.paraphrase_templates), self.phrasing_split: list(splits[self.phrasing_split])}
+
+    def attack_names(self) -> list[str]:
+        """The attacks to run, "soft-prompt" first when ``attack`` asks for it, each once."""
+        return list(dict.fromkeys((["soft-prompt"] if self.attack else []) + list(self.attacks)))
+
+    def registry_attack(self, name: str, settings: SamplingSettings | None = None):
+        """Attack ``name`` from the registry, configured: soft-prompt from the ``attack_*`` keys, another
+        from ``attack_configs[name]``; its images drawn as the evaluation's (``settings``). Checked in one line."""
+        from erasure.attacks import available_attacks, load_attack
+
+        if not isinstance(self.attack_configs, dict) or not all(isinstance(v, dict) for v in self.attack_configs.values()):
+            raise ErasureInputError("attack_configs: expected a mapping of attack name to its settings, "
+                                    "e.g. {unlearndiffatk: {steps: 400}}")
+        for key in self.attack_configs:
+            if key == "soft-prompt":
+                raise ErasureInputError("attack_configs: soft-prompt's settings are the attack_* keys")
+            if key not in available_attacks():
+                raise ErasureInputError(f"attack_configs: unknown attack {key!r}; available: {', '.join(available_attacks())}")
+        if name == "soft-prompt":
+            a = self.attack_settings()
+            config = {**a["config"], "teacher_samples": a["teacher_samples"], "teacher_ddim_steps": a["ddim_steps"]}
+        else:
+            config = dict(self.attack_configs.get(name, {}))
+        sampling = {} if settings is None else {"sample_steps": settings.steps, "guidance": settings.guidance,
+                                                "scheduler": settings.scheduler}
+        return load_attack(name, {**config, **sampling})
 
     def attack_settings(self) -> dict:
         """The attack's settings, checked: seeds, the ``SoftPromptAttackConfig`` (from every ``attack_X``
@@ -279,17 +311,23 @@ class CanvasSuite(Suite):
         super().__init__(config)
         self.cases = canvas_cases(config.template)
         self._fidelity: CanvasFidelity | None = None
-        self._teachers: dict[tuple[str, int], Any] = {}  # the attack's samples of the original, shared by runs
+        self._attacks: dict[str, Any] = {}  # per attack name, shared by runs (soft-prompt keeps its samples of the original)
 
     @classmethod
     def check_args(cls, args: dict) -> None:
-        given = sorted(k for k in args if k.startswith("attack_"))
-        if given and not args.get("attack"):
+        attacks = list(args.get("attacks") or [])
+        soft = bool(args.get("attack")) or "soft-prompt" in attacks
+        given = sorted(k for k in args if k.startswith("attack_") and k not in ("attack_seeds", "attack_configs"))
+        if given and not soft:
             raise ErasureInputError(f"{', '.join(given)}: attack settings need attack=true")
+        if "attack_seeds" in args and not (soft or attacks):
+            raise ErasureInputError("attack_seeds: attack settings need attack=true or attacks=[...]")
+        if "attack_configs" in args and not [a for a in attacks if a != "soft-prompt"]:
+            raise ErasureInputError("attack_configs: settings for attacks need attacks=[NAME, ...]")
 
     @property
     def robust(self) -> bool:
-        return self.config.paraphrases or self.config.attack
+        return self.config.paraphrases or bool(self.config.attack_names())
 
     @property
     def phrasing_columns(self) -> list[Column]:
@@ -333,11 +371,16 @@ class CanvasSuite(Suite):
                                                                           erased, kind, idx, label)}
         for side in ("before", "after"):
             getattr(probe, side)["paraphrase_recognition"] = robustness["paraphrase"][side]["recognised"]
-        if self.config.attack:
-            robustness["attack"] = self.attack_success(ev, erased, manifest)
+        for name in self.config.attack_names():
+            # soft-prompt keeps the record and keys it had before the registry (benches read them)
+            record = self.attack_success(ev, erased, manifest, name)
+            if name == "soft-prompt":
+                robustness["attack"], key = record, "attack"
+            else:
+                robustness.setdefault("attacks", {})[name], key = record, name
             for side in ("before", "after"):
-                getattr(probe, side)["attack_success_rate"] = robustness["attack"][side]["asr"]
-                getattr(probe, side)["attack_clean_rate"] = robustness["attack"][side]["clean_rate"]
+                getattr(probe, side)[f"{key}_success_rate"] = record[side]["asr"]
+                getattr(probe, side)[f"{key}_clean_rate"] = record[side]["clean_rate"]
         probe.record["robustness"] = robustness
         return probe
 
@@ -371,7 +414,8 @@ class CanvasSuite(Suite):
             notes.append("Paraphrases recognised: share of the erased concept's captions in canvas-mini's other templates "
                          f"({', '.join(str(t) for t in self.config.paraphrase_templates)}) still recognised as it "
                          "(lower: better erased).")
-        if self.config.attack:
+        names = self.config.attack_names()
+        if "soft-prompt" in names:
             a = self.config.attack_settings()
             columns.append(Column("attack_success_rate", "attack success", False))
             notes.append(
@@ -379,6 +423,12 @@ class CanvasSuite(Suite):
                 f"{a['config']['placement']} token(s), {a['config']['steps']} {a['config']['algorithm']} steps, lr {a['config']['lr']}) on "
                 "the concept prompt makes the model draw the concept again, as the evaluator judges (lower: more robust); "
                 "before: the same attack on the original.")
+        for name in (n for n in names if n != "soft-prompt"):
+            config = self.config.registry_attack(name).config
+            columns.append(Column(f"{name}_success_rate", f"{name} success", False))
+            notes.append(f"{name} success: share of {len(self.config.attack_seeds)} attack seeds for which {name} "
+                         f"(budget {config.steps} steps; settings in each run's robustness record) makes the model draw "
+                         "the concept again, as the evaluator judges; before: the same attack on the original.")
         return {
             "judge": "canvas-mini evaluator (shipped beside the model)",
             "prompts": len(self.cases),
@@ -389,30 +439,28 @@ class CanvasSuite(Suite):
             "columns": columns,
         }
 
-    def attack_success(self, ev, erased, manifest: dict) -> dict:
-        """The soft-prompt attack's success rate on the original ("before") and the erased model ("after"),
-        on the first target's concept prompt, against the original's samples (shared across runs)."""
-        from erasure.attacks import attack_success_rate, teacher_samples
+    def attack_success(self, ev, erased, manifest: dict, name: str = "soft-prompt") -> dict:
+        """Attack ``name``'s success rate on the original ("before") and the erased model ("after"), on
+        the first target's concept prompt, every attack seed; the attack's own state (e.g. soft-prompt's
+        samples of the original) is shared by the runs of this evaluation."""
+        from erasure.attacks import attack_success
         from erasure.families import family_of
         from erasure.pipelines.canvas.render import OBJECTS, STYLES
         from erasure.request import ErasureRequest
 
-        a = self.config.attack_settings()
         kind, idx = canvas_targets(manifest["request"])
         concept = (STYLES if kind == "style" else OBJECTS)[idx[0]]
         # the concept prompt the erasure methods train on (and AdvUnlearn attacks), e.g. "dotted style"
         prompt = ErasureRequest([manifest["request"]["targets"][0]], kind=kind).resolve("canvas-mini").prompts[0]
-        key = (prompt, a["teacher_samples"])
-        if key not in self._teachers:
-            self._teachers[key] = teacher_samples(ev.base(), prompt, a["teacher_samples"], seed=f"asr-teacher/{concept}",
-                                                  ddim_steps=a["ddim_steps"], guidance=ev.settings.guidance)
+        if name not in self._attacks:
+            self._attacks[name] = self.config.registry_attack(name, ev.settings)
         judge = family_of(ev.base()).judge(kind, concept)
-        s = ev.settings
-        out: dict[str, Any] = {"concept": concept, "prompt": prompt}
+        out: dict[str, Any] = {"concept": concept, "prompt": prompt, "attack_name": name}
         for side, pipe in (("before", ev.base()), ("after", erased)):
-            out[side] = attack_success_rate(pipe, self._teachers[key], judge, seeds=a["seeds"], config=a["config"],
-                                            steps=s.steps, guidance=s.guidance, scheduler=s.scheduler,
-                                            progress=ev.stage(f"attack {side}"))
+            out[side] = attack_success(self._attacks[name], pipe, ev.base(), prompt, judge, seeds=self.config.attack_seeds,
+                                       progress=ev.stage(f"{name} {side}"))
+            if name == "soft-prompt":
+                out[side]["teacher_samples"] = self._attacks[name].config.teacher_samples
         return out
 
 

@@ -34,9 +34,8 @@ supported; SDXL (two text encoders, pooled conditioning) is refused.
 Also here: ``teacher_samples`` (the original's x_t and predictions, batched by depth, drawn and
 computed by ``erasure.sampling`` as ESD and AdvUnlearn draw and compute theirs),
 ``generate_from_embeddings`` (seeded generation from prompt embeddings, as
-``erasure.pipelines.generation.generate`` does for texts), ``attack_success_rate`` (attack with
-fresh seeds, generate with the adversarial embeddings, judge: a model family's, e.g. canvas-mini's
-evaluator through ``erasure.families``, or any callable from images to booleans).
+``erasure.pipelines.generation.generate`` does for texts), and ``SoftPromptAdversary``: the attack
+behind the registry ("soft-prompt"), matching the original's samples of the concept prompt.
 """
 
 from __future__ import annotations
@@ -45,6 +44,7 @@ import logging
 import random
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -75,6 +75,9 @@ from erasure.sampling import (
 )
 from erasure.training import mean_over_processes
 
+from .base import Attack, AttackConfig, AttackResult
+from .registry import register_attack
+
 logger = logging.getLogger(__name__)
 
 PLACEMENTS = ("prefix", "suffix", "replace")
@@ -86,9 +89,6 @@ PLACEHOLDER_ID = 0
 
 #: (x_t, t, target noise) for attack step i.
 SampleFn = Callable[[int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
-#: Images (PIL list or (N, 3, H, W) tensor) -> bool tensor (N,): the concept is recognised.
-Judge = Callable[[object], torch.Tensor]
-
 
 # ----------------------------------------------------------------------------- config
 @dataclass
@@ -274,7 +274,7 @@ def teacher_samples(pipe, prompt: str, n: int, *, seed: int | str = 0, ddim_step
 
 # ----------------------------------------------------------------------------- the attack
 @dataclass
-class AttackResult:
+class SoftPromptResult:
     """The adversarial embeddings ``delta`` (k, D, float32) for ``soft`` and the attack's loss per step."""
 
     delta: torch.Tensor
@@ -298,7 +298,8 @@ class SoftPromptAttack:
         self.config = config.with_overrides(**overrides) if overrides else config
 
     def run(self, pipe, prompt: str | SoftPrompt, samples: SampleFn, *, init: torch.Tensor | None = None,
-            seed: int | str = 0, average_gradients: bool = False) -> AttackResult:
+            seed: int | str = 0, average_gradients: bool = False,
+            progress: Callable[[int, int], None] | None = None) -> SoftPromptResult:
         """Attack ``pipe`` for ``config.steps`` steps; step i trains on ``samples(i)`` = (x_t, t, target
         noise of the original with the concept prompt).
 
@@ -337,7 +338,9 @@ class SoftPromptAttack:
             if c.epsilon is not None:
                 _project(delta, anchor, c.epsilon)
             losses.append(float(loss))
-        return AttackResult(delta.detach(), soft, losses)
+            if progress:
+                progress(i + 1, c.steps)
+        return SoftPromptResult(delta.detach(), soft, losses)
 
     @torch.no_grad()
     def loss(self, pipe, soft: SoftPrompt, delta: torch.Tensor, batch) -> float:
@@ -378,45 +381,68 @@ def generate_from_embeddings(pipe, prompt_embeds: torch.Tensor, *, seeds: Sequen
     return list(out.images)
 
 
-def attack_success_rate(pipe, teacher: TeacherSamples, judge: Judge, *, seeds: Sequence[int],
-                        config: SoftPromptAttackConfig | dict | None = None, steps: int = 25, guidance: float = 3.0,
-                        scheduler: str | None = "ddim", progress: Callable[[int, int], None] | None = None) -> dict:
-    """Share of ``seeds`` for which the attack makes ``pipe`` draw the concept again.
+# ----------------------------------------------------------------------------- behind the attack registry
+@dataclass
+class SoftPromptConfig(SoftPromptAttackConfig, AttackConfig):
+    """The registered "soft-prompt" attack: the optimiser's settings (``SoftPromptAttackConfig``:
+    AdvUnlearn's reference defaults), the original's samples it matches, and how its image is drawn
+    (``AttackConfig``)."""
 
-    Per seed: a fresh attack (random init and sample order from the seed) on ``teacher.prompt``
-    against ``teacher`` (the original's samples), then one image from the adversarial embeddings
-    with that seed's noise (``steps``, ``guidance``, ``scheduler``), judged by ``judge``. The
-    unattacked prompt on the same seeds is judged too (``clean_rate``), so the attack's gain is visible.
+    method: ClassVar[str] = "soft-prompt"
+
+    teacher_samples: int = 64  # the original's (x_t, noise) samples for the concept prompt
+    teacher_ddim_steps: int = 20
+
+    def validate(self) -> None:
+        AttackConfig.validate(self)
+        SoftPromptAttackConfig.validate(self)
+        if self.init != "random":
+            raise ErasureInputError(f"soft-prompt config init: {self.init!r}; an attack on a model starts from random tokens")
+        for name in ("teacher_samples", "teacher_ddim_steps"):
+            if getattr(self, name) < 1:
+                raise ErasureInputError(f"soft-prompt config {name}: must be at least 1, got {getattr(self, name)}")
+
+    def optimiser(self) -> SoftPromptAttackConfig:
+        keys = {f.name for f in dataclasses.fields(SoftPromptAttackConfig)}
+        return SoftPromptAttackConfig.from_dict({k: v for k, v in self.to_dict().items() if k in keys})
+
+
+@register_attack("soft-prompt")
+class SoftPromptAdversary(Attack):
+    """The soft-prompt attack (AdvUnlearn's, Zhang et al. 2024, OPTML-Group/AdvUnlearn) on an erased model.
+
+    ``teacher_samples`` samples of the ORIGINAL for the concept prompt (DDIM ``teacher_ddim_steps``
+    at the config's ``guidance``, drawn from a seed fixed per concept, so every attack seed and every
+    run of an evaluation matches the same samples; kept per (original, concept) for this instance),
+    then ``steps`` optimiser steps of ``tokens`` adversarial embeddings against the erased model
+    (init and sample order from the attack seed), then one image per ``images`` from the adversarial
+    embeddings. The result is embeddings, not text. Deviation from the reference: its attack uses the
+    ESD-style samples of the model being trained; here they come from the untouched original.
     """
-    attack = SoftPromptAttack(config)
-    c = attack.config
-    if not seeds:
-        raise ErasureInputError("attack success rate: no seeds")
-    device = pipe.unet.device
-    per_seed = []
-    encode = TextConditioner(pipe, native_resolution(pipe))
-    with torch.no_grad():
-        clean_embeds = encode([teacher.prompt]).hidden
-    clean = judge(generate_from_embeddings(pipe, clean_embeds, seeds=seeds, steps=steps, guidance=guidance,
-                                           scheduler=scheduler))
-    for n, seed in enumerate(seeds):
-        result = attack.run(pipe, teacher.prompt, teacher.sampler(c.batch_size, f"asr/{seed}", device), seed=f"asr/{seed}")
-        image = generate_from_embeddings(pipe, result.prompt_embeds(pipe.text_encoder), seeds=[seed], steps=steps,
-                                         guidance=guidance, scheduler=scheduler)
-        recognised = bool(judge(image)[0])
-        per_seed.append({"seed": int(seed), "recognised": recognised, "clean_recognised": bool(clean[n]),
-                         "loss_first": result.losses[0], "loss_last": result.losses[-1]})
-        logger.info("attack seed %s: loss %.4f -> %.4f, concept %s", seed, result.losses[0], result.losses[-1],
-                    "recognised" if recognised else "not recognised")
-        if progress:
-            progress(n + 1, len(seeds))
-    return {
-        "asr": sum(r["recognised"] for r in per_seed) / len(per_seed),
-        "clean_rate": sum(r["clean_recognised"] for r in per_seed) / len(per_seed),
-        "prompt": teacher.prompt,
-        "seeds": [int(s) for s in seeds],
-        "attack": c.to_dict(),
-        "teacher_samples": len(teacher),
-        "sampling": {"steps": steps, "guidance": guidance, "scheduler": scheduler},
-        "per_seed": per_seed,
-    }
+
+    config_class = SoftPromptConfig
+    config: SoftPromptConfig
+
+    def __init__(self, config=None, **overrides) -> None:
+        super().__init__(config, **overrides)
+        self._teachers: dict[tuple, TeacherSamples] = {}
+
+    def teacher(self, original, concept: str, config: SoftPromptConfig) -> TeacherSamples:
+        key = (id(original), concept, config.teacher_samples, config.teacher_ddim_steps, config.guidance)
+        if key not in self._teachers:
+            self._teachers[key] = teacher_samples(original, concept, config.teacher_samples, seed=f"asr-teacher/{concept}",
+                                                  ddim_steps=config.teacher_ddim_steps, guidance=config.guidance)
+        return self._teachers[key]
+
+    def attack(self, erased, original, concept, *, config, seed, progress):
+        check_single_text_encoder(erased, "the soft-prompt attack")
+        teacher = self.teacher(original, concept, config)
+        optimiser = SoftPromptAttack(config.optimiser())
+        found = optimiser.run(erased, concept, teacher.sampler(config.batch_size, f"asr/{seed}", erased.unet.device),
+                              seed=f"asr/{seed}", progress=progress)
+        embeds = found.prompt_embeds(erased.text_encoder)
+        images = generate_from_embeddings(erased, embeds, seeds=[seed + i for i in range(config.images)],
+                                          steps=config.sample_steps, guidance=config.guidance, scheduler=config.scheduler)
+        return AttackResult(self.name, concept, seed, None, embeds.detach().cpu(), images,
+                            {"steps": config.steps, "teacher_samples": len(teacher)}, 0.0, found.losses,
+                            details={"tokens": config.tokens, "placement": config.placement})

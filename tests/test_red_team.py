@@ -1,0 +1,194 @@
+"""The attack registry (erasure.attacks) and UnlearnDiffAtk: registry and configs, the pieces of the
+attack (simplex projection, timestep blocks, the straight-through draw), end to end on a tiny SD
+pipeline with its budget honoured, the concept brought back from a model with nothing erased, the
+canvas suite's attacks, and `erasure attack` / `erasure attacks` (and their refusals)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from erasure import ErasureRequest, erase
+from erasure.attacks import Attack, AttackConfig, attack_success, available_attacks, get_attack, load_attack
+from erasure.attacks.unlearndiffatk import UnlearnDiffAtkConfig, _DrawOneHot, block_timesteps, project_to_simplex
+from erasure.cli import main
+from erasure.errors import ErasureInputError
+from erasure.pipelines import load_pipeline
+
+
+def test_registry_names_configs_and_refusals():
+    assert {"soft-prompt", "unlearndiffatk"} <= set(available_attacks())
+    for name in ("soft-prompt", "unlearndiffatk"):
+        cls = get_attack(name)
+        assert issubclass(cls, Attack) and issubclass(cls.config_class, AttackConfig) and cls.name == name
+        config = cls.config_class()
+        assert type(config).from_yaml(config.to_yaml()) == config  # configs round-trip
+    cfg = UnlearnDiffAtkConfig(steps=80, tokens=3, target_images=None)
+    assert UnlearnDiffAtkConfig.from_yaml(cfg.to_yaml()) == cfg and "method: unlearndiffatk" in cfg.to_yaml()
+    for call, match in ((lambda: get_attack("p4d"), "unknown attack 'p4d'; available: soft-prompt, unlearndiffatk"),
+                        (lambda: load_attack("unlearndiffatk", stepz=3), "unknown unlearndiffatk config key"),
+                        (lambda: load_attack("unlearndiffatk", steps=0), "steps: must be at least 1"),
+                        (lambda: load_attack("unlearndiffatk", lr=-1.0), "lr: must be positive"),
+                        (lambda: load_attack("unlearndiffatk", target_images="/no/such/folder"), "not a folder"),
+                        (lambda: load_attack("soft-prompt", init="latest"), "starts from random tokens"),
+                        (lambda: load_attack("soft-prompt", placement="middle"), "placement")):
+        with pytest.raises(ErasureInputError, match=match):
+            call()
+
+
+def test_simplex_projection_and_timestep_blocks():
+    allowed = torch.tensor([[True, True, True, False]])
+    p = project_to_simplex(torch.tensor([[0.5, 0.5, 0.5, 0.9]]), allowed)
+    assert torch.allclose(p, torch.tensor([[1 / 3, 1 / 3, 1 / 3, 0.0]]), atol=1e-5)  # shifted by mu = 1/6; masked: 0
+    rows = project_to_simplex(torch.randn(3, 50) * 2, torch.ones(3, 50, dtype=torch.bool))
+    assert torch.allclose(rows.sum(-1), torch.ones(3), atol=1e-4) and rows.min() >= 0 and rows.max() <= 1
+    already = torch.tensor([[0.2, 0.8]])
+    assert torch.equal(project_to_simplex(already, torch.ones(1, 2, dtype=torch.bool)), already)
+    # the reference's 50 x 40 on SD's 1,000 steps: t = 10, 30, ..., 990
+    assert block_timesteps(2000, 40, 1000) == [(10 + 20 * j, 40) for j in range(50)]
+    assert block_timesteps(100, 40, 1000) == [(166, 40), (500, 40), (833, 20)]
+    assert block_timesteps(5, 40, 1000) == [(500, 5)]
+
+
+def test_the_draw_is_one_hot_and_passes_a_clipped_gradient():
+    probs = torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]], requires_grad=True)
+    one_hot = _DrawOneHot.apply(probs, torch.Generator().manual_seed(0))
+    assert torch.equal(one_hot, torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]]))
+    (one_hot * torch.tensor([[3.0, -0.5, -7.0], [0.2, 2.0, -2.0]])).sum().backward()
+    assert torch.equal(probs.grad, torch.tensor([[1.0, -0.5, -1.0], [0.2, 1.0, -1.0]]))
+
+
+def test_unlearndiffatk_end_to_end_on_a_tiny_pipeline_within_its_budget(tiny_sd):
+    pipe = load_pipeline(tiny_sd.folder, device="cpu")
+    before = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    attack = load_attack("unlearndiffatk", steps=7, iterations=3, tokens=2, target_steps=2, sample_steps=2, images=2,
+                         selection_points=2)
+    steps = []
+    result = attack(pipe, pipe, "a cat", seed=5, progress=lambda done, total: steps.append((done, total)))
+    assert len(result.losses) == 7 and steps[-1] == (7, 7) and len(steps) == 7  # the budget, step by step
+    assert result.budget == {"steps": 7, "timesteps": 3, "candidates": len(result.details["candidates"])}
+    assert result.prompt.endswith(" a cat") and len(result.prompt) > len(" a cat")  # text, the tokens in front
+    assert result.prompt_embeds is None and len(result.images) == 2 and result.images[0].size == (32, 32)
+    special = {pipe.tokenizer.bos_token, pipe.tokenizer.eos_token, pipe.tokenizer.pad_token}
+    assert not any(tok in result.prompt for tok in special if tok)
+    assert result.seconds > 0 and result.config["steps"] == 7
+    assert all(torch.equal(v, pipe.unet.state_dict()[k]) for k, v in before.items())  # the model is left alone
+    assert attack(pipe, pipe, "a cat", seed=5, budget=4).budget["steps"] == 4  # budget= overrides steps
+    again = attack(pipe, pipe, "a cat", seed=5)
+    assert again.prompt == result.prompt and again.losses == result.losses  # the seed decides everything
+    with pytest.raises(ErasureInputError, match="concept prompt is empty"):
+        attack(pipe, pipe, "  ", seed=0)
+
+
+def test_unlearndiffatk_reads_a_users_target_images(tiny_sd, tmp_path):
+    from erasure.pipelines import generate
+
+    pipe = load_pipeline(tiny_sd.folder, device="cpu")
+    generate(pipe, "a cat", seeds=[1], steps=2)[0].save(tmp_path / "cat.png")
+    (tmp_path / "notes.txt").write_text("not an image")
+    attack = load_attack("unlearndiffatk", steps=2, iterations=2, tokens=1, sample_steps=2, target_images=str(tmp_path))
+    result = attack(pipe, pipe, "a cat", seed=3)
+    assert result.details["target"].endswith("cat.png") and len(result.losses) == 2
+    (tmp_path / "cat.png").unlink()
+    with pytest.raises(ErasureInputError, match="no .png"):
+        load_attack("unlearndiffatk", target_images=str(tmp_path))
+
+
+def test_unlearndiffatk_brings_the_concept_back_from_a_model_with_nothing_erased():
+    """On canvas-mini as it ships, the attacked prompt still names the concept and the attack keeps it:
+    the evaluator sees dotted in the attacked images of at least 3 of 4 seeds."""
+    from erasure.families import family_named
+
+    canvas = load_pipeline("canvas-mini")
+    attack = load_attack("unlearndiffatk", steps=40, iterations=20, tokens=3, guidance=3.0, target_steps=10,
+                         sample_steps=10)
+    out = attack_success(attack, canvas, canvas, "dotted style", family_named("canvas-mini").judge("style", "dotted"),
+                         seeds=[0, 1, 2, 3])
+    assert out["asr"] >= 0.75, out
+    assert all(r["prompt"].endswith("dotted style") and r["budget"]["steps"] == 40 for r in out["per_seed"])
+
+
+@pytest.fixture(scope="module")
+def canvas_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("runs") / "dotted"
+    erase(load_pipeline("canvas-mini"), ErasureRequest(["dotted"], kind="style"), "esd", out=run,
+          steps=2, ddim_steps=6, precompute_batch=8, checkpoint_every=0)
+    return run
+
+
+def test_cli_attack_writes_prompts_images_and_a_report(canvas_run, tmp_path, capsys):
+    out = tmp_path / "attack"
+    with pytest.raises(SystemExit) as exc:
+        main(["attack", str(canvas_run), "--out", str(out), "--budget", "3", "--seeds", "0,1",
+              "--set", "tokens=2", "--set", "iterations=3", "--set", "sample_steps=3", "--set", "target_steps=3"])
+    assert exc.value.code == 0
+    printed = capsys.readouterr().out
+    assert "seed 0: " in printed and "dotted style" in printed and "attack success" in printed
+    summary = json.loads((out / "attack.json").read_text())
+    assert summary["attack"] == "unlearndiffatk" and summary["concept"] == "dotted" and summary["prompt"] == "dotted style"
+    assert summary["config"]["steps"] == 3 and summary["config"]["guidance"] == 3.0  # canvas-mini's guidance
+    assert summary["original"] == "canvas-mini" and summary["seeds"] == [0, 1] and 0 <= summary["asr"] <= 1
+    for r in summary["per_seed"]:
+        assert (out / r["files"]["prompt"]).read_text().strip() == r["prompt"]
+        assert all((out / f).is_file() for f in r["files"]["images"]) and r["recognised"] in (True, False)
+    assert (out / "grid.png").is_file() and "| seed | adversarial prompt |" in (out / "report.md").read_text()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--attack", "p4d"], "unknown attack 'p4d'"),
+    (["--set", "stepz=2"], "unknown unlearndiffatk config key"),
+    (["--budget", "0"], "--budget"),
+    (["--seeds", "x"], "seeds"),
+])
+def test_cli_attack_refuses_bad_input_in_one_line_before_work(canvas_run, tmp_path, capsys, args, message):
+    out = tmp_path / "attack"
+    with pytest.raises(SystemExit) as exc:
+        main(["attack", str(canvas_run), "--out", str(out), *args])
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and len(err.splitlines()) == 1 and message in err, err
+    assert not out.exists()
+
+
+def test_cli_attack_refuses_a_missing_run_and_a_used_folder(canvas_run, tmp_path, capsys):
+    for run, out, message in ((tmp_path / "missing", tmp_path / "a", "missing"), (canvas_run, canvas_run.parent, "not empty")):
+        with pytest.raises(SystemExit) as exc:
+            main(["attack", str(run), "--out", str(out)])
+        err = capsys.readouterr().err.strip()
+        assert exc.value.code == 2 and len(err.splitlines()) == 1 and message in err, err
+
+
+def test_cli_lists_the_attacks(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    with pytest.raises(SystemExit) as exc:
+        main(["attacks"])
+    assert exc.value.code == 0
+    printed = capsys.readouterr().out
+    assert "unlearndiffatk" in printed and "soft-prompt" in printed and "iterations (40)" in printed
+
+
+def test_canvas_suite_runs_registry_attacks_and_the_cli_names_them(canvas_run, tmp_path, capsys):
+    from erasure.evaluation import SamplingSettings, evaluate_runs
+
+    args = dict(attacks=["unlearndiffatk"], attack_seeds=[7],
+                attack_configs={"unlearndiffatk": {"steps": 2, "iterations": 2, "tokens": 1, "target_steps": 2}})
+    metrics = evaluate_runs("canvas-mini", [canvas_run], out=tmp_path / "e", suite_args=args,
+                            settings=SamplingSettings(steps=2, guidance=3.0, seeds=[0], batch_size=64))
+    (run,) = metrics["runs"]
+    record = run["robustness"]["attacks"]["unlearndiffatk"]
+    assert record["concept"] == "dotted" and record["after"]["attack"]["steps"] == 2
+    assert record["after"]["sampling"] == {"steps": 2, "guidance": 3.0, "scheduler": "ddim"}  # the evaluation's
+    for side in ("before", "after"):
+        assert run[side]["unlearndiffatk_success_rate"] == record[side]["asr"] in (0.0, 1.0)
+        assert record[side]["per_seed"][0]["prompt"].endswith("dotted style")
+    assert "unlearndiffatk_success_rate" in [c["key"] for c in metrics["columns"]]
+    assert "attack" not in run["robustness"]  # soft-prompt was not asked for
+    for argv, message in ((["--suite", "memorization", "--attack", "unlearndiffatk"], "runs no attacks"),
+                          (["--attack", "p4d"], "unknown attack 'p4d'"),
+                          (["-a", "attack_configs={unlearndiffatk: {steps: 2}}"], "need attacks=")):
+        with pytest.raises(SystemExit) as exc:
+            main(["evaluate", "--erased", str(canvas_run), "--out", str(tmp_path / "bad"), *argv])
+        err = capsys.readouterr().err.strip()
+        assert exc.value.code == 2 and message in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "bad").exists()
