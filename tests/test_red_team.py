@@ -19,15 +19,15 @@ from erasure.pipelines import load_pipeline
 
 
 def test_registry_names_configs_and_refusals():
-    assert {"soft-prompt", "unlearndiffatk"} <= set(available_attacks())
-    for name in ("soft-prompt", "unlearndiffatk"):
+    assert {"concept-inversion", "soft-prompt", "unlearndiffatk"} <= set(available_attacks())
+    for name in ("concept-inversion", "soft-prompt", "unlearndiffatk"):
         cls = get_attack(name)
         assert issubclass(cls, Attack) and issubclass(cls.config_class, AttackConfig) and cls.name == name
         config = cls.config_class()
         assert type(config).from_yaml(config.to_yaml()) == config  # configs round-trip
     cfg = UnlearnDiffAtkConfig(steps=80, tokens=3, target_images=None)
     assert UnlearnDiffAtkConfig.from_yaml(cfg.to_yaml()) == cfg and "method: unlearndiffatk" in cfg.to_yaml()
-    for call, match in ((lambda: get_attack("p4d"), "unknown attack 'p4d'; available: soft-prompt, unlearndiffatk"),
+    for call, match in ((lambda: get_attack("p4d"), "unknown attack 'p4d'; available: concept-inversion, soft-prompt, unlearndiffatk"),
                         (lambda: load_attack("unlearndiffatk", stepz=3), "unknown unlearndiffatk config key"),
                         (lambda: load_attack("unlearndiffatk", steps=0), "steps: must be at least 1"),
                         (lambda: load_attack("unlearndiffatk", lr=-1.0), "lr: must be positive"),
@@ -110,6 +110,46 @@ def test_unlearndiffatk_brings_the_concept_back_from_a_model_with_nothing_erased
     assert all(r["prompt"].endswith("dotted style") and r["budget"]["steps"] == 40 for r in out["per_seed"])
 
 
+def test_concept_inversion_learns_a_word_that_diffusers_loads(tiny_sd, tmp_path):
+    pipe = load_pipeline(tiny_sd.folder, device="cpu")
+    attack = load_attack("concept-inversion", steps=3, batch_size=2, accumulation=2, images_count=3, image_steps=2,
+                         sample_steps=2, learnable_property="object", initializer="cat")
+    steps = []
+    result = attack(pipe, pipe, "a cat", seed=1, progress=lambda done, total: steps.append(done))
+    assert len(result.losses) == 3 and steps == [1, 2, 3] and result.budget == {"steps": 3, "images_seen": 12}
+    assert result.details["generation_prompt"] == "a photo of a <concept>" and result.prompt is None
+    token = result.learned["<concept>"]
+    init = pipe.text_encoder.get_input_embeddings().weight[pipe.tokenizer("cat").input_ids[1]]
+    assert token.shape == (1, init.shape[0]) and not torch.equal(token[0], init)  # it moved from "cat"
+    record = result.save(tmp_path, "ci")
+    # the learned word in diffusers' textual-inversion format: any pipeline of this text encoder loads it
+    fresh = load_pipeline(tiny_sd.folder, device="cpu")
+    fresh.load_textual_inversion(str(tmp_path / record["files"]["learned"]), token="<concept>")
+    row = fresh.tokenizer.convert_tokens_to_ids("<concept>")
+    assert torch.allclose(fresh.text_encoder.get_input_embeddings().weight[row], token[0])
+    from erasure.diffusion import TextConditioner
+
+    ours = TextConditioner(fresh, 32)(["a photo of a <concept>"]).hidden
+    assert torch.allclose(ours, result.prompt_embeds, atol=1e-5)  # the saved prompt embeddings are that prompt's
+    for bad, match in (({"initializer": "a cat"}, "is 2 tokens"), ({"templates": ["no slot"]}, "exactly one"),
+                       ({"learnable_property": "person"}, "learnable_property")):
+        with pytest.raises(ErasureInputError, match=match):
+            load_attack("concept-inversion", steps=1, **bad)(pipe, pipe, "a cat", seed=0)
+
+
+def test_concept_inversion_brings_the_concept_back_from_a_model_with_nothing_erased():
+    """Learned on 8 of canvas-mini's own dotted images, the word draws dotted again in canvas-mini's
+    caption ("a circle in <concept> style") on at least 3 of 4 seeds."""
+    from erasure.families import family_named
+
+    canvas = load_pipeline("canvas-mini")
+    attack = load_attack("concept-inversion", steps=40, accumulation=1, images_count=8, image_steps=10, sample_steps=10,
+                         guidance=3.0)
+    out = attack_success(attack, canvas, canvas, "dotted style", family_named("canvas-mini").judge("style", "dotted"),
+                         seeds=[0, 1, 2, 3])
+    assert out["asr"] >= 0.75, out
+
+
 @pytest.fixture(scope="module")
 def canvas_run(tmp_path_factory):
     run = tmp_path_factory.mktemp("runs") / "dotted"
@@ -144,6 +184,7 @@ def test_cli_attack_writes_prompts_images_and_a_report(canvas_run, tmp_path, cap
 ])
 def test_cli_attack_refuses_bad_input_in_one_line_before_work(canvas_run, tmp_path, capsys, args, message):
     out = tmp_path / "attack"
+    capsys.readouterr()  # the fixture's loading bars
     with pytest.raises(SystemExit) as exc:
         main(["attack", str(canvas_run), "--out", str(out), *args])
     err = capsys.readouterr().err.strip()
@@ -152,11 +193,22 @@ def test_cli_attack_refuses_bad_input_in_one_line_before_work(canvas_run, tmp_pa
 
 
 def test_cli_attack_refuses_a_missing_run_and_a_used_folder(canvas_run, tmp_path, capsys):
+    capsys.readouterr()  # the fixture's loading bars
     for run, out, message in ((tmp_path / "missing", tmp_path / "a", "missing"), (canvas_run, canvas_run.parent, "not empty")):
         with pytest.raises(SystemExit) as exc:
             main(["attack", str(run), "--out", str(out)])
         err = capsys.readouterr().err.strip()
         assert exc.value.code == 2 and len(err.splitlines()) == 1 and message in err, err
+
+
+def test_a_runs_attack_takes_the_models_guidance_and_the_concepts_kind(canvas_run, tmp_path):
+    from erasure.evaluation.attack_run import check_attack_run
+
+    _, attack = check_attack_run(canvas_run, "concept-inversion", {}, tmp_path / "a")
+    assert attack.config.guidance == 3.0 and attack.config.learnable_property == "style"
+    _, attack = check_attack_run(canvas_run, "concept-inversion", {"guidance": 5.0, "learnable_property": "object"},
+                                 tmp_path / "a")
+    assert attack.config.guidance == 5.0 and attack.config.learnable_property == "object"  # what the user says wins
 
 
 def test_cli_lists_the_attacks(capsys, monkeypatch):
@@ -184,6 +236,7 @@ def test_canvas_suite_runs_registry_attacks_and_the_cli_names_them(canvas_run, t
         assert record[side]["per_seed"][0]["prompt"].endswith("dotted style")
     assert "unlearndiffatk_success_rate" in [c["key"] for c in metrics["columns"]]
     assert "attack" not in run["robustness"]  # soft-prompt was not asked for
+    capsys.readouterr()  # the loading bars of the evaluation above
     for argv, message in ((["--suite", "memorization", "--attack", "unlearndiffatk"], "runs no attacks"),
                           (["--attack", "p4d"], "unknown attack 'p4d'"),
                           (["-a", "attack_configs={unlearndiffatk: {steps: 2}}"], "need attacks=")):

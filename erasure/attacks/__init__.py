@@ -6,7 +6,9 @@ Registered attacks (``available_attacks()``; choosing one imports only its modul
 - ``soft-prompt``: adversarial token embeddings matching the original's predictions for the concept
   (AdvUnlearn's attack; ``soft_prompt.py``, whose optimiser AdvUnlearn's inner loop also runs);
 - ``unlearndiffatk``: a readable text prefix chosen with the erased model's denoising loss on an
-  image of the concept (Zhang et al., ECCV 2024; ``unlearndiffatk.py``).
+  image of the concept (Zhang et al., ECCV 2024; ``unlearndiffatk.py``);
+- ``concept-inversion``: a new word learned by textual inversion on images of the concept against
+  the erased model (Pham et al., ICLR 2024; ``concept_inversion.py``).
 
 ``attack_success`` (``success.py``) turns any of them and a judge into an attack success rate.
 """
@@ -31,6 +33,7 @@ from .soft_prompt import (
 )
 from .success import Judge, attack_success
 
+register_attack_lazy("concept-inversion", "erasure.attacks.concept_inversion:ConceptInversion")
 register_attack_lazy("unlearndiffatk", "erasure.attacks.unlearndiffatk:UnlearnDiffAtk")
 
 __all__ = [

@@ -73,6 +73,9 @@ class AttackResult:
     losses: list[float] = field(default_factory=list)
     config: dict = field(default_factory=dict)
     details: dict = field(default_factory=dict)
+    #: learned tensors worth keeping, saved as ``NAME-learned.safetensors`` (e.g. concept inversion's
+    #: token embedding, in the file format diffusers' ``load_textual_inversion`` reads)
+    learned: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         """The JSON-able record (no tensors, no images)."""
@@ -83,7 +86,8 @@ class AttackResult:
 
     def save(self, folder: str | Path, name: str | None = None) -> dict:
         """Write ``NAME.json`` (the record), ``NAME.txt`` (the prompt, when text), ``NAME.safetensors``
-        (the embeddings, when any) and ``NAME-I.png`` per image into ``folder``; returns the record
+        (the embeddings, when any), ``NAME-learned.safetensors`` (``learned``, when any) and
+        ``NAME-I.png`` per image into ``folder``; returns the record
         with the file names. ``name`` defaults to "ATTACK-seedSEED"."""
         from safetensors.torch import save_file
 
@@ -102,6 +106,10 @@ class AttackResult:
             with atomic_path(folder / f"{name}.safetensors") as tmp:
                 save_file({"prompt_embeds": self.prompt_embeds.detach().float().cpu().contiguous()}, str(tmp))
             files["prompt_embeds"] = f"{name}.safetensors"
+        if self.learned:
+            with atomic_path(folder / f"{name}-learned.safetensors") as tmp:
+                save_file({k: v.detach().float().cpu().contiguous() for k, v in self.learned.items()}, str(tmp))
+            files["learned"] = f"{name}-learned.safetensors"
         for i, image in enumerate(self.images):
             with atomic_path(folder / f"{name}-{i}.png") as tmp:
                 image.save(tmp, format="PNG")

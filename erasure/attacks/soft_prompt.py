@@ -177,6 +177,30 @@ class SoftPrompt:
         return cls(prompt, torch.tensor([seq]), torch.tensor([mask]), tuple(range(start, start + tokens)))
 
 
+    @classmethod
+    def in_template(cls, tokenizer, template: str, tokens: int = 1) -> "SoftPrompt":
+        """``template`` with ``tokens`` adversarial (or learned) tokens where its ``{}`` is, e.g.
+        "a painting in the style of {}" (concept inversion's placeholder)."""
+        if template.count("{}") != 1:
+            raise ErasureInputError(f"template {template!r}: needs exactly one {{}} for the token")
+        before, after = (part.strip() for part in template.split("{}"))
+        length = tokenizer.model_max_length
+
+        def body(text: str) -> list[int]:
+            return tokenizer(text).input_ids[1:-1] if text else []
+
+        head, tail = body(before), body(after)
+        seq = [tokenizer.bos_token_id, *head, *[PLACEHOLDER_ID] * tokens, *tail, tokenizer.eos_token_id]
+        if len(seq) > length:
+            raise ErasureInputError(f"template {template!r} with {tokens} token(s) needs {len(seq)} tokens; the text encoder takes {length}")
+        used = len(seq)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        seq += [pad] * (length - used)
+        mask = [1] * used + [0] * (length - used)
+        start = 1 + len(head)
+        return cls(template, torch.tensor([seq]), torch.tensor([mask]), tuple(range(start, start + tokens)))
+
+
 @contextmanager
 def soft_tokens(text_encoder, positions: Sequence[int], delta: torch.Tensor) -> Iterator[None]:
     """Inside the block, the text encoder's token-embedding rows at ``positions`` are ``delta`` (k, D)."""

@@ -44,7 +44,6 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass
-from pathlib import Path
 from typing import ClassVar
 
 import torch
@@ -63,10 +62,9 @@ from erasure.diffusion import (
 from erasure.errors import ErasureInputError
 
 from .base import Attack, AttackConfig, AttackResult
+from .images import drawn_x0, encoded_x0, image_files
 from .registry import register_attack
 from .soft_prompt import SoftPrompt, check_single_text_encoder, encode_soft_prompt
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 
 @dataclass
@@ -94,18 +92,7 @@ class UnlearnDiffAtkConfig(AttackConfig):
         if self.weight_decay < 0:
             raise ErasureInputError(f"unlearndiffatk config weight_decay: must be >= 0, got {self.weight_decay}")
         if self.target_images is not None:
-            target_files(self.target_images)
-
-
-def target_files(folder: str) -> list[Path]:
-    """The image files of a ``target_images`` folder, sorted; refused in one line when there are none."""
-    path = Path(folder)
-    if not path.is_dir():
-        raise ErasureInputError(f"target_images: {folder} is not a folder")
-    files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise ErasureInputError(f"target_images: no {'/'.join(IMAGE_SUFFIXES)} image in {folder}")
-    return files
+            image_files(self.target_images)
 
 
 class _DrawOneHot(torch.autograd.Function):
@@ -214,17 +201,11 @@ class UnlearnDiffAtk(Attack):
     def target(self, original, concept: str, config: UnlearnDiffAtkConfig, seed: int) -> tuple[torch.Tensor, str]:
         """``x0`` (1, C, H, W) of one concept image: a user's (image ``seed`` mod their count) or the original's."""
         if config.target_images is not None:
-            files = target_files(config.target_images)
+            files = image_files(config.target_images)
             chosen = files[seed % len(files)]
-            return encode_image(original, chosen), str(chosen)
-        from erasure.pipelines.generation import scheduler_swapped
-
-        original.set_progress_bar_config(disable=True)
-        with scheduler_swapped(original, "ddim"):
-            latents = original(prompt=concept, generator=torch.Generator("cpu").manual_seed(seed),
-                               num_inference_steps=config.target_steps, guidance_scale=config.guidance,
-                               output_type="latent").images
-        return latents[:1], f"the original's image of {concept!r}, seed {seed}"
+            return encoded_x0(original, [chosen]), str(chosen)
+        x0 = drawn_x0(original, concept, [seed], steps=config.target_steps, guidance=config.guidance)
+        return x0, f"the original's image of {concept!r}, seed {seed}"
 
     @torch.no_grad()
     def selection_losses(self, erased, prompts: list[str], x0: torch.Tensor, config: UnlearnDiffAtkConfig,
@@ -244,21 +225,3 @@ class UnlearnDiffAtk(Attack):
             eps = eps_from_output(ac, unet_output(erased.unet, x_t, t, Conditions(hidden)), x_t, t, kind)
             out.append(float(F.mse_loss(eps.float(), noise.float())))
         return out
-
-
-@torch.no_grad()
-def encode_image(pipe, path: Path) -> torch.Tensor:
-    """A user's image as the pipeline's ``x0``: resized to its native resolution, in [-1, 1], through
-    the VAE's latent mean times its scaling factor (the reference's encoding), or as pixels for a
-    pixel-space model (canvas-mini)."""
-    import numpy as np
-    from PIL import Image
-
-    size = native_resolution(pipe)
-    image = Image.open(path).convert("RGB").resize((size, size), Image.BICUBIC)
-    x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1).permute(2, 0, 1)[None]
-    vae = getattr(pipe, "vae", None)
-    if vae is None:
-        return x.to(pipe.unet.device, pipe.unet.dtype)
-    x = x.to(vae.device, vae.dtype)
-    return (vae.encode(x).latent_dist.mean * vae.config.scaling_factor).to(pipe.unet.dtype)

@@ -38,13 +38,27 @@ def check_attack_run(run: str | os.PathLike, name: str, settings: dict, out: str
 
     manifest = chain_links(run)[-1][1]
     family = family_of_source(origin(manifest).get("source") or "")
-    attack = load_attack(name, {"guidance": family.guidance, **settings})  # the family's guidance unless set
+    attack = load_attack(name, {**run_defaults(name, family, manifest["request"]["kind"]), **settings})
     folder = check_output_folder(out, "--out")
     if folder.is_dir() and any(folder.iterdir()):
         raise ErasureInputError(f"--out {folder}: not empty; give a new folder")
     if concept is not None and not concept.strip():
         raise ErasureInputError("--concept: empty")
     return manifest, attack
+
+
+def run_defaults(name: str, family, kind: str) -> dict:
+    """Settings an attack takes from the model and the erasure unless given: the family's guidance, and for
+    attacks that learn a word of a kind (concept inversion) the erased concept's kind."""
+    import dataclasses
+
+    from erasure.attacks import get_attack
+
+    fields = {f.name for f in dataclasses.fields(get_attack(name).config_class)}
+    defaults = {"guidance": family.guidance}
+    if "learnable_property" in fields:
+        defaults["learnable_property"] = "style" if kind == "style" else "object"
+    return defaults
 
 
 def run_prompt(manifest: dict) -> tuple[str, str, str]:

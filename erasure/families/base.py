@@ -73,6 +73,11 @@ class ModelFamily(ABC):
         """(prompts with the concept, the same prompts without it) in the family's own captions, or None."""
         return None
 
+    def word_templates(self, kind: str) -> list[str] | None:
+        """Prompts with one ``{}`` where a learned word for a concept of ``kind`` goes, in the family's own
+        captions (concept inversion trains and generates with them), or None for the attack's own lists."""
+        return None
+
     # -- presets
     def preset_prefix(self, unet_config: dict | None) -> str | None:
         """The name the shipped presets made for this model start with (``configs/<method>/<prefix>-<kind>.yaml``),

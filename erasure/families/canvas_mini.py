@@ -130,6 +130,17 @@ class CanvasMini(ModelFamily):
                         pairs += [(caption(a, s, k) if a else f"{s} style", caption(target, s, k)) for s in STYLES]
         return pairs
 
+    def word_templates(self, kind: str) -> list[str] | None:
+        """canvas-mini's own caption with the word in the concept's place: "a circle in {} style", ... for
+        a style (every object), "a {} in solid style", ... for an object (every style)."""
+        from erasure.pipelines.canvas.render import OBJECTS, STYLES, caption
+
+        if kind == "style":
+            return [caption(o, "{}") for o in OBJECTS]
+        if kind == "object":
+            return [caption("{}", s).replace("an {}", "a {}") for s in STYLES]
+        return None
+
     def concept_pairs(self, request: ErasureRequest) -> tuple[list[str], list[str]] | None:
         """A style's 8 captions against the same objects without a style ("a {object}"); an object's 8
         captions against the same styles without an object ("{style} style")."""

@@ -262,10 +262,10 @@ class CanvasSuiteConfig(SuiteConfig):
         """The attacks to run, "soft-prompt" first when ``attack`` asks for it, each once."""
         return list(dict.fromkeys((["soft-prompt"] if self.attack else []) + list(self.attacks)))
 
-    def registry_attack(self, name: str, settings: SamplingSettings | None = None):
+    def registry_attack(self, name: str, settings: SamplingSettings | None = None, kind: str | None = None):
         """Attack ``name`` from the registry, configured: soft-prompt from the ``attack_*`` keys, another
         from ``attack_configs[name]``; its images drawn as the evaluation's (``settings``). Checked in one line."""
-        from erasure.attacks import available_attacks, load_attack
+        from erasure.attacks import available_attacks, get_attack, load_attack
 
         if not isinstance(self.attack_configs, dict) or not all(isinstance(v, dict) for v in self.attack_configs.values()):
             raise ErasureInputError("attack_configs: expected a mapping of attack name to its settings, "
@@ -282,6 +282,8 @@ class CanvasSuiteConfig(SuiteConfig):
             config = dict(self.attack_configs.get(name, {}))
         sampling = {} if settings is None else {"sample_steps": settings.steps, "guidance": settings.guidance,
                                                 "scheduler": settings.scheduler}
+        if kind is not None and "learnable_property" in {f.name for f in dataclasses.fields(get_attack(name).config_class)}:
+            config.setdefault("learnable_property", kind)  # concept inversion: a style or an object word
         return load_attack(name, {**config, **sampling})
 
     def attack_settings(self) -> dict:
@@ -311,7 +313,7 @@ class CanvasSuite(Suite):
         super().__init__(config)
         self.cases = canvas_cases(config.template)
         self._fidelity: CanvasFidelity | None = None
-        self._attacks: dict[str, Any] = {}  # per attack name, shared by runs (soft-prompt keeps its samples of the original)
+        self._attacks: dict[tuple[str, str], Any] = {}  # per (attack, kind), shared by runs (soft-prompt keeps its samples of the original)
 
     @classmethod
     def check_args(cls, args: dict) -> None:
@@ -452,15 +454,16 @@ class CanvasSuite(Suite):
         concept = (STYLES if kind == "style" else OBJECTS)[idx[0]]
         # the concept prompt the erasure methods train on (and AdvUnlearn attacks), e.g. "dotted style"
         prompt = ErasureRequest([manifest["request"]["targets"][0]], kind=kind).resolve("canvas-mini").prompts[0]
-        if name not in self._attacks:
-            self._attacks[name] = self.config.registry_attack(name, ev.settings)
+        if (name, kind) not in self._attacks:
+            self._attacks[name, kind] = self.config.registry_attack(name, ev.settings, kind)
+        attack = self._attacks[name, kind]
         judge = family_of(ev.base()).judge(kind, concept)
         out: dict[str, Any] = {"concept": concept, "prompt": prompt, "attack_name": name}
         for side, pipe in (("before", ev.base()), ("after", erased)):
-            out[side] = attack_success(self._attacks[name], pipe, ev.base(), prompt, judge, seeds=self.config.attack_seeds,
+            out[side] = attack_success(attack, pipe, ev.base(), prompt, judge, seeds=self.config.attack_seeds,
                                        progress=ev.stage(f"{name} {side}"))
             if name == "soft-prompt":
-                out[side]["teacher_samples"] = self._attacks[name].config.teacher_samples
+                out[side]["teacher_samples"] = attack.config.teacher_samples
         return out
 
 
