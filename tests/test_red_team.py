@@ -19,21 +19,23 @@ from erasure.pipelines import load_pipeline
 
 
 def test_registry_names_configs_and_refusals():
-    assert {"concept-inversion", "soft-prompt", "unlearndiffatk"} <= set(available_attacks())
-    for name in ("concept-inversion", "soft-prompt", "unlearndiffatk"):
+    assert {"concept-inversion", "ring-a-bell", "soft-prompt", "unlearndiffatk"} <= set(available_attacks())
+    for name in ("concept-inversion", "ring-a-bell", "soft-prompt", "unlearndiffatk"):
         cls = get_attack(name)
         assert issubclass(cls, Attack) and issubclass(cls.config_class, AttackConfig) and cls.name == name
         config = cls.config_class()
         assert type(config).from_yaml(config.to_yaml()) == config  # configs round-trip
     cfg = UnlearnDiffAtkConfig(steps=80, tokens=3, target_images=None)
     assert UnlearnDiffAtkConfig.from_yaml(cfg.to_yaml()) == cfg and "method: unlearndiffatk" in cfg.to_yaml()
-    for call, match in ((lambda: get_attack("p4d"), "unknown attack 'p4d'; available: concept-inversion, soft-prompt, unlearndiffatk"),
+    for call, match in ((lambda: get_attack("p4d"), "unknown attack 'p4d'; available: concept-inversion, ring-a-bell, soft-prompt, unlearndiffatk"),
                         (lambda: load_attack("unlearndiffatk", stepz=3), "unknown unlearndiffatk config key"),
                         (lambda: load_attack("unlearndiffatk", steps=0), "steps: must be at least 1"),
                         (lambda: load_attack("unlearndiffatk", lr=-1.0), "lr: must be positive"),
                         (lambda: load_attack("unlearndiffatk", target_images="/no/such/folder"), "not a folder"),
                         (lambda: load_attack("soft-prompt", init="latest"), "starts from random tokens"),
-                        (lambda: load_attack("soft-prompt", placement="middle"), "placement")):
+                        (lambda: load_attack("soft-prompt", placement="middle"), "placement"),
+                        (lambda: load_attack("ring-a-bell", population=2), "population: must be at least 4"),
+                        (lambda: load_attack("ring-a-bell", kind="painting"), "kind")):
         with pytest.raises(ErasureInputError, match=match):
             call()
 
@@ -150,6 +152,49 @@ def test_concept_inversion_brings_the_concept_back_from_a_model_with_nothing_era
     assert out["asr"] >= 0.75, out
 
 
+def test_ring_a_bell_searches_the_original_text_encoder_only(tiny_sd):
+    from erasure.attacks.ring_a_bell import RingABell
+
+    pipe = load_pipeline(tiny_sd.folder, device="cpu")
+    attack = load_attack("ring-a-bell", steps=4, population=8, length=5, sample_steps=2)
+    steps = []
+    result = attack(pipe, pipe, "a cat", seed=2, progress=lambda done, total: steps.append(done))
+    assert steps == [1, 2, 3, 4] and len(result.losses) == 4 and result.budget == {"steps": 4, "population": 8}
+    assert all(a >= b for a, b in zip(result.losses, result.losses[1:]))  # the best half survives: never worse
+    assert result.prompt and result.prompt_embeds is None and len(result.images) == 1
+    special = [t for t in (pipe.tokenizer.bos_token, pipe.tokenizer.eos_token) if t]
+    assert not any(t in result.prompt for t in special)
+    # generic pairs: the family's ordinary prompts without and with ", a cat"; the base prompt is one of them
+    with_concept, without = RingABell.pairs(pipe, "a cat", "custom")
+    assert with_concept == [f"{p}, a cat" for p in without] and result.details["base_prompt"] in without
+    # the erased model is never queried: another model gets the same prompt (searched once, reused)
+    other = erased_like(tiny_sd)
+    again = attack(other, pipe, "a cat", seed=2)
+    assert again.prompt == result.prompt and len(attack._found) == 1
+    with pytest.raises(ErasureInputError, match="do not fit"):
+        load_attack("ring-a-bell", steps=1, length=100)(pipe, pipe, "a cat", seed=0)
+
+
+def erased_like(tiny_sd):
+    pipe = load_pipeline(tiny_sd.folder, device="cpu")
+    with torch.no_grad():
+        for p in pipe.unet.parameters():
+            p.mul_(0.5)
+    return pipe
+
+
+def test_ring_a_bell_brings_the_concept_back_from_a_model_with_nothing_erased():
+    """Token soup found in canvas-mini's text space (its captions with and without "dotted") draws
+    dotted on at least 3 of 4 seeds."""
+    from erasure.families import family_named
+
+    canvas = load_pipeline("canvas-mini")
+    attack = load_attack("ring-a-bell", steps=30, population=48, guidance=3.0, kind="style", sample_steps=10)
+    out = attack_success(attack, canvas, canvas, "dotted style", family_named("canvas-mini").judge("style", "dotted"),
+                         seeds=[0, 1, 2, 3])
+    assert out["asr"] >= 0.75, out
+
+
 @pytest.fixture(scope="module")
 def canvas_run(tmp_path_factory):
     run = tmp_path_factory.mktemp("runs") / "dotted"
@@ -209,6 +254,7 @@ def test_a_runs_attack_takes_the_models_guidance_and_the_concepts_kind(canvas_ru
     _, attack = check_attack_run(canvas_run, "concept-inversion", {"guidance": 5.0, "learnable_property": "object"},
                                  tmp_path / "a")
     assert attack.config.guidance == 5.0 and attack.config.learnable_property == "object"  # what the user says wins
+    assert check_attack_run(canvas_run, "ring-a-bell", {}, tmp_path / "a")[1].config.kind == "style"
 
 
 def test_cli_lists_the_attacks(capsys, monkeypatch):

@@ -8,7 +8,10 @@ Registered attacks (``available_attacks()``; choosing one imports only its modul
 - ``unlearndiffatk``: a readable text prefix chosen with the erased model's denoising loss on an
   image of the concept (Zhang et al., ECCV 2024; ``unlearndiffatk.py``);
 - ``concept-inversion``: a new word learned by textual inversion on images of the concept against
-  the erased model (Pham et al., ICLR 2024; ``concept_inversion.py``).
+  the erased model (Pham et al., ICLR 2024; ``concept_inversion.py``);
+- ``ring-a-bell``: a text prompt found by a genetic search in the ORIGINAL text encoder's space,
+  an ordinary prompt plus the concept's vector; never queries the erased model (Tsai et al., ICLR
+  2024; ``ring_a_bell.py``).
 
 ``attack_success`` (``success.py``) turns any of them and a judge into an attack success rate.
 """
@@ -34,6 +37,7 @@ from .soft_prompt import (
 from .success import Judge, attack_success
 
 register_attack_lazy("concept-inversion", "erasure.attacks.concept_inversion:ConceptInversion")
+register_attack_lazy("ring-a-bell", "erasure.attacks.ring_a_bell:RingABell")
 register_attack_lazy("unlearndiffatk", "erasure.attacks.unlearndiffatk:UnlearnDiffAtk")
 
 __all__ = [

@@ -49,7 +49,8 @@ def check_attack_run(run: str | os.PathLike, name: str, settings: dict, out: str
 
 def run_defaults(name: str, family, kind: str) -> dict:
     """Settings an attack takes from the model and the erasure unless given: the family's guidance, and for
-    attacks that learn a word of a kind (concept inversion) the erased concept's kind."""
+    attacks that learn a word of a kind (concept inversion) or look up prompts by kind (Ring-A-Bell) the
+    erased concept's kind."""
     import dataclasses
 
     from erasure.attacks import get_attack
@@ -58,6 +59,8 @@ def run_defaults(name: str, family, kind: str) -> dict:
     defaults = {"guidance": family.guidance}
     if "learnable_property" in fields:
         defaults["learnable_property"] = "style" if kind == "style" else "object"
+    if "kind" in fields:
+        defaults["kind"] = kind
     return defaults
 
 

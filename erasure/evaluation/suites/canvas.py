@@ -282,8 +282,10 @@ class CanvasSuiteConfig(SuiteConfig):
             config = dict(self.attack_configs.get(name, {}))
         sampling = {} if settings is None else {"sample_steps": settings.steps, "guidance": settings.guidance,
                                                 "scheduler": settings.scheduler}
-        if kind is not None and "learnable_property" in {f.name for f in dataclasses.fields(get_attack(name).config_class)}:
-            config.setdefault("learnable_property", kind)  # concept inversion: a style or an object word
+        fields = {f.name for f in dataclasses.fields(get_attack(name).config_class)}
+        for key in ("learnable_property", "kind"):  # concept inversion's word, Ring-A-Bell's prompt pairs
+            if kind is not None and key in fields:
+                config.setdefault(key, kind)
         return load_attack(name, {**config, **sampling})
 
     def attack_settings(self) -> dict:
