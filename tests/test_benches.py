@@ -282,6 +282,30 @@ def test_many_concepts(tmp_path):
     assert (tmp_path / "many_concepts.md").read_text() == md and (tmp_path / "many_concepts_scalability.png").is_file()
 
 
+def test_red_team(tmp_path):
+    tiny_attacks = ["unlearndiffatk.steps=2", "unlearndiffatk.iterations=2", "unlearndiffatk.target_steps=1",
+                    "ring-a-bell.steps=2", "ring-a-bell.population=8"]
+    run_bench("red_team", "--methods", "esd", *CANVAS, "--attacks", "unlearndiffatk", "ring-a-bell",
+              "--attack-seeds", "0", "--memorization-methods", "prune", *sets("--set", [f"esd.{s}" for s in TINY_ESD]),
+              "--set", "prune.ddim_steps=2", *sets("--attack-set", tiny_attacks),
+              *sets("--memorization-set", ["membership_nonmembers=4", "membership_timesteps=2", "membership_noises=1"]),
+              "--out", tmp_path / "runs", "--results", tmp_path)
+    result, md = written(tmp_path, "red_team")
+    (run,) = result["runs"]
+    assert run["method"] == "esd" and run["targets"] == ["dotted"]
+    for attack in ("unlearndiffatk", "ring-a-bell"):
+        record = run["robustness"]["attacks"][attack]
+        assert record["after"]["attack"]["steps"] == 2 and result["original_asr"][attack]["seeds"] == [0]
+    assert result["budgets"]["unlearndiffatk"].startswith("steps 2") and "population 8" in result["budgets"]["ring-a-bell"]
+    (mem,) = result["memorization"]["runs"]
+    assert mem["method"] == "prune" and mem["membership"]["before"]["nonmembers"] == 4
+    assert 0 <= mem["after"]["membership_auc"] <= 1
+    assert len(rows(md, "erased")) == 2 and len(rows(md, "method")) == 1  # the original's row, the run; the prune row
+    with pytest.raises(AssertionError, match="ATTACK.KEY=VALUE"):
+        run_bench("red_team", "--attacks", "ring-a-bell", "--attack-set", "unlearndiffatk.steps=2", "--out", tmp_path / "r",
+                  "--results", tmp_path / "r")
+
+
 #: Benches whose committed markdown is rewritten from their committed JSON by ``--report-only``.
 #: Not here: advunlearn_canvas_asr_lr0.1 (an older run's format, without the per-run ``accuracy_bar_met``).
 REGENERATED = ["esd_canvas", "advunlearn_canvas", "doco_canvas", "prune_canvas", "prune_sweep", "prune_ceiling",

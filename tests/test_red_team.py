@@ -291,3 +291,68 @@ def test_canvas_suite_runs_registry_attacks_and_the_cli_names_them(canvas_run, t
         err = capsys.readouterr().err.strip()
         assert exc.value.code == 2 and message in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "bad").exists()
+
+
+# ----------------------------------------------------------------------------- membership inference (PrivLeak)
+def test_membership_auc_counts_lower_errors_as_members():
+    from erasure.attacks.membership import auc_lower_is_member
+
+    assert auc_lower_is_member(torch.tensor([0.1, 0.2]), torch.tensor([0.3, 0.4])) == 1.0
+    assert auc_lower_is_member(torch.tensor([0.5, 0.6]), torch.tensor([0.3, 0.4])) == 0.0
+    assert auc_lower_is_member(torch.tensor([0.1, 0.5]), torch.tensor([0.3])) == 0.5
+    assert auc_lower_is_member(torch.tensor([0.3]), torch.tensor([0.3])) == 0.5  # a tie counts half
+
+
+def test_membership_inference_finds_canvas_minis_memorized_images():
+    """canvas-mini memorized its 8 captioned compositions: their denoising errors under their captions are
+    below those of compositions it never saw under the same captions (AUC about 1); the same images on
+    both sides give exactly 0.5."""
+    from erasure.attacks.images import images_x0
+    from erasure.attacks.membership import membership_inference
+    from erasure.families import family_named
+    from erasure.pipelines.canvas.render import render_composition
+
+    pipe = load_pipeline("canvas-mini")
+    memorized = family_named("canvas-mini").memorized()
+    captions, images = [c for c, _ in memorized], [im for _, im in memorized]
+    unseen = [render_composition(190_001 + i) for i in range(8)]
+    members = (images_x0(pipe, images), captions)
+    result = membership_inference(pipe, members, (images_x0(pipe, unseen), captions), timesteps=3, noises=1)
+    assert result["auc"] >= 0.9 and result["privleak"] >= 0.8 and result["member_error"] < result["nonmember_error"], result
+    assert len(result["per_timestep_auc"]) == 3 and result["members"] == result["nonmembers"] == 8
+    assert membership_inference(pipe, members, members, timesteps=2, noises=1)["auc"] == 0.5
+
+
+def test_memorization_suite_reports_the_membership_auc(tmp_path):
+    from erasure.evaluation import SamplingSettings, evaluate_runs
+
+    run = tmp_path / "memorized"
+    erase(load_pipeline("canvas-mini"), ErasureRequest(["the lighthouse keeper's quilt from vera marsh"], kind="memorized"),
+          "esd", out=run, steps=2, ddim_steps=4, precompute_batch=8, checkpoint_every=0)
+    args = dict(membership=True, membership_nonmembers=8, membership_timesteps=2, membership_noises=1)
+    metrics = evaluate_runs("canvas-mini", [run], suite="memorization", out=tmp_path / "e", suite_args=args,
+                            settings=SamplingSettings(steps=2, guidance=3.0, seeds=[0], batch_size=64))
+    (entry,) = metrics["runs"]
+    record = entry["membership"]
+    assert record["before"]["auc"] >= 0.9 and record["before"]["nonmembers"] == 8 and record["before"]["timesteps"] == 2
+    for side in ("before", "after"):
+        assert entry[side]["membership_auc"] == record[side]["auc"] and 0 <= record[side]["auc"] <= 1
+        assert entry[side]["privleak"] == pytest.approx((record[side]["auc"] - 0.5) / 0.5)
+    assert "membership_auc" in [c["key"] for c in metrics["columns"]]
+    assert "membership AUC before" in (tmp_path / "e" / "report.md").read_text()
+
+
+def test_membership_on_a_users_data_needs_nonmembers(canvas_run, tmp_path, capsys):
+    (tmp_path / "train").mkdir()
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "train" / "a.png")
+    (tmp_path / "captions.tsv").write_text("a.png\ta red square\n")
+    capsys.readouterr()  # the fixture's loading bars
+    with pytest.raises(SystemExit) as exc:
+        main(["evaluate", "--suite", "memorization", "--erased", str(canvas_run), "--out", str(tmp_path / "e"),
+              "-a", f"training_images={tmp_path / 'train'}", "-a", f"captions={tmp_path / 'captions.tsv'}",
+              "-a", "threshold=0.5", "-a", "membership=true"])
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and len(err.splitlines()) == 1 and "nonmembers=DIR" in err, err
+    assert not (tmp_path / "e").exists()

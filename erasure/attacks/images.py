@@ -38,16 +38,23 @@ def drawn_x0(original, prompt: str, seeds: Sequence[int], *, steps: int, guidanc
     return out.images
 
 
-@torch.no_grad()
 def encoded_x0(pipe, paths: Sequence[Path]) -> torch.Tensor:
-    """A user's images as ``x0`` (N, C, H, W): resized to the pipeline's native resolution, in [-1, 1],
-    through the VAE's latent mean times its scaling factor, or as pixels for a pixel-space model (canvas-mini)."""
+    """A user's image files as ``x0`` (``images_x0``)."""
+    from PIL import Image
+
+    return images_x0(pipe, [Image.open(p) for p in paths])
+
+
+@torch.no_grad()
+def images_x0(pipe, images: Sequence) -> torch.Tensor:
+    """PIL images as ``x0`` (N, C, H, W): resized to the pipeline's native resolution, in [-1, 1], through
+    the VAE's latent mean times its scaling factor, or as pixels for a pixel-space model (canvas-mini)."""
     import numpy as np
     from PIL import Image
 
     size = native_resolution(pipe)
-    x = torch.stack([torch.from_numpy(np.asarray(Image.open(p).convert("RGB").resize((size, size), Image.BICUBIC),
-                                                 dtype=np.float32) / 127.5 - 1).permute(2, 0, 1) for p in paths])
+    x = torch.stack([torch.from_numpy(np.asarray(im.convert("RGB").resize((size, size), Image.BICUBIC),
+                                                 dtype=np.float32) / 127.5 - 1).permute(2, 0, 1) for im in images])
     vae = getattr(pipe, "vae", None)
     if vae is None:
         return x.to(pipe.unet.device, pipe.unet.dtype)

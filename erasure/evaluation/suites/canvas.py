@@ -315,7 +315,9 @@ class CanvasSuite(Suite):
         super().__init__(config)
         self.cases = canvas_cases(config.template)
         self._fidelity: CanvasFidelity | None = None
-        self._attacks: dict[tuple[str, str], Any] = {}  # per (attack, kind), shared by runs (soft-prompt keeps its samples of the original)
+        # per (attack, kind), shared by runs (soft-prompt keeps its samples of the original)
+        self._attacks: dict[tuple[str, str], Any] = {}
+        self._before: dict[tuple[str, str, str], dict] = {}  # the original's attack results per (attack, kind, prompt)
 
     @classmethod
     def check_args(cls, args: dict) -> None:
@@ -462,10 +464,19 @@ class CanvasSuite(Suite):
         judge = family_of(ev.base()).judge(kind, concept)
         out: dict[str, Any] = {"concept": concept, "prompt": prompt, "attack_name": name}
         for side, pipe in (("before", ev.base()), ("after", erased)):
-            out[side] = attack_success(attack, pipe, ev.base(), prompt, judge, seeds=self.config.attack_seeds,
-                                       progress=ev.stage(f"{name} {side}"))
+            if side == "before" and (name, kind, prompt) in self._before:  # the original's, once per concept
+                out[side] = self._before[name, kind, prompt]
+                continue
+            try:
+                out[side] = attack_success(attack, pipe, ev.base(), prompt, judge, seeds=self.config.attack_seeds,
+                                           progress=ev.stage(f"{name} {side}"))
+            except ErasureInputError as e:  # an attack that cannot attack this model (e.g. an SFD generator): said, not fatal
+                out[side] = {"refused": str(e), "asr": None, "clean_rate": None}
+                continue
             if name == "soft-prompt":
                 out[side]["teacher_samples"] = attack.config.teacher_samples
+            if side == "before":
+                self._before[name, kind, prompt] = out[side]
         return out
 
 

@@ -46,6 +46,23 @@ class MemorizationSuiteConfig(SuiteConfig):
     training_images: str | None = None  # a folder of training images
     captions: str | None = None  # "IMAGE<TAB>CAPTION" per line
     clip: str | None = None
+    #: PrivLeak (erasure.attacks.membership): the membership-inference AUC of the memorized training images
+    #: against non-members of the same distribution (canvas-mini: renders of compositions it never saw;
+    #: other models: a ``nonmembers`` folder), paired with the same captions
+    membership: bool = False
+    nonmembers: str | None = None
+    membership_nonmembers: int = 32  # canvas-mini's non-member renders
+    membership_timesteps: int = 10
+    membership_noises: int = 4
+
+    def validate(self) -> None:
+        super().validate()
+        for name in ("membership_nonmembers", "membership_timesteps", "membership_noises"):
+            if getattr(self, name) < 1:
+                raise ErasureInputError(f"memorization suite {name}: must be at least 1, got {getattr(self, name)}")
+
+#: canvas-mini's non-member compositions: render seeds no training image used (memorized: 90,001-90,008)
+NONMEMBER_SEED = 190_001
 
 
 def memorized_pairs(images: str | Path, captions: str | Path) -> list[tuple[Path, str]]:
@@ -141,6 +158,13 @@ class MemorizationSuite(Suite):
         pairs = memorized_pairs(c.training_images, c.captions)
         if c.threshold is None and len(pairs) < 2:
             raise ErasureInputError("memorization: the chance threshold needs at least 2 captions; pass threshold=VALUE")
+        if c.membership:
+            if c.nonmembers is None:
+                raise ErasureInputError("membership on your training images: pass --suite-arg nonmembers=DIR (held-out "
+                                        "images of the same distribution the model was not trained on)")
+            from erasure.attacks.images import image_files
+
+            image_files(c.nonmembers, "nonmembers")
 
     def prepare(self, ev) -> None:
         import torch
@@ -158,6 +182,8 @@ class MemorizationSuite(Suite):
         if not self.on_canvas:
             self.training = load_images([p for p, _ in pairs], before[0].size)
         self.targets = torch.arange(len(self.captions)).repeat_interleave(ev.seeds)
+        self._membership_before: dict | None = None
+        self._nonmembers: list | None = None
         self.seeds = ev.seeds
         self.summary: list[str] = []
         if self.config.threshold is not None:
@@ -190,11 +216,39 @@ class MemorizationSuite(Suite):
                 "per_caption_share": [t["share_above"] for t in r["per_target"]]}
 
     def probe(self, ev, erased, case: Case, label: str) -> Probe:
-        if not self.on_canvas:
-            return Probe()
-        # canvas-mini's utility beside memorization: the evaluator on the 64 canvas captions
-        return Probe(before=accuracy_canvas(*_canvas_utility(ev, ev.base(), "original")),
-                     after=accuracy_canvas(*_canvas_utility(ev, erased, label)))
+        probe = Probe()
+        if self.on_canvas:  # canvas-mini's utility beside memorization: the evaluator on the 64 canvas captions
+            probe.before.update(accuracy_canvas(*_canvas_utility(ev, ev.base(), "original")))
+            probe.after.update(accuracy_canvas(*_canvas_utility(ev, erased, label)))
+        if self.config.membership:
+            if self._membership_before is None:
+                self._membership_before = self._membership(ev.base(), ev)
+            after = self._membership(erased, ev)
+            probe.record["membership"] = {"before": self._membership_before, "after": after}
+            for side, result in (("before", self._membership_before), ("after", after)):
+                getattr(probe, side).update({"membership_auc": result["auc"], "privleak": result["privleak"]})
+        return probe
+
+    def _membership(self, pipe, ev) -> dict:
+        """The membership inference on ``pipe``: the training images against the non-members."""
+        from erasure.attacks.images import images_x0
+        from erasure.attacks.membership import membership_inference
+
+        c = self.config
+        if self._nonmembers is None:
+            if self.on_canvas:
+                from erasure.pipelines.canvas.render import render_composition
+
+                self._nonmembers = [render_composition(NONMEMBER_SEED + i) for i in range(c.membership_nonmembers)]
+            else:
+                from erasure.attacks.images import image_files
+
+                self._nonmembers = load_images(image_files(c.nonmembers, "nonmembers"), self.training[0].size)
+        n = len(self.captions)
+        captions = [self.captions[i % n] for i in range(len(self._nonmembers))]  # the same captions, round robin
+        return membership_inference(pipe, (images_x0(pipe, self.training), self.captions),
+                                    (images_x0(pipe, self._nonmembers), captions),
+                                    timesteps=c.membership_timesteps, noises=c.membership_noises, seed="memorization")
 
     def grid(self, before, after, case: Case, manifest: dict) -> Image.Image:
         return memorization_grid(self.training, before, after, self.captions, self.seeds)
@@ -208,6 +262,16 @@ class MemorizationSuite(Suite):
         if self.on_canvas:
             columns += [Column("object_accuracy", "object accuracy", True), Column("style_accuracy", "style accuracy", True)]
         c = self.config
+        notes = []
+        if c.membership:
+            columns.append(Column("membership_auc", "membership AUC", False, "num"))
+            notes.append(
+                f"Membership AUC (PrivLeak's, erasure.attacks.membership): P(a memorized training image's denoising error "
+                f"under its caption < a non-member's under the same captions), mean of {c.membership_timesteps} evenly spaced "
+                f"timesteps x {c.membership_noises} shared noises; non-members: "
+                + (f"{c.membership_nonmembers} renders of compositions canvas-mini never saw" if self.on_canvas else str(c.nonmembers))
+                + ". About 1: the members are still known; 0.5: no better than chance (forgotten, or never seen). "
+                "privleak = (AUC - 0.5) / 0.5.")
         return {
             "judge": f"similarity to the caption's training image in {space}",
             "prompts": len(self.captions),
@@ -219,7 +283,7 @@ class MemorizationSuite(Suite):
             "notes": ["Memorized share: share of generations for a memorized caption whose similarity to that caption's training "
                       f"image exceeds the threshold ({self.rule}); lower: less memorization. Similarity: cosine in {space}."
                       + (" Object/style accuracy: the shipped evaluator on the 64 canvas captions (utility kept)."
-                         if self.on_canvas else "")],
+                         if self.on_canvas else "")] + notes,
             "columns": columns,
         }
 
