@@ -287,7 +287,7 @@ def test_red_team(tmp_path):
                     "ring-a-bell.steps=2", "ring-a-bell.population=8"]
     run_bench("red_team", "--methods", "esd", *CANVAS, "--attacks", "unlearndiffatk", "ring-a-bell",
               "--attack-seeds", "0", "--memorization-methods", "prune", *sets("--set", [f"esd.{s}" for s in TINY_ESD]),
-              "--set", "prune.ddim_steps=2", *sets("--attack-set", tiny_attacks),
+              "--set", "prune.ddim_steps=2", "--set", "prune.tau=2", *sets("--attack-set", tiny_attacks),
               *sets("--memorization-set", ["membership_nonmembers=4", "membership_timesteps=2", "membership_noises=1"]),
               "--out", tmp_path / "runs", "--results", tmp_path)
     result, md = written(tmp_path, "red_team")
