@@ -356,3 +356,28 @@ def test_membership_on_a_users_data_needs_nonmembers(canvas_run, tmp_path, capsy
     err = capsys.readouterr().err.strip()
     assert exc.value.code == 2 and len(err.splitlines()) == 1 and "nonmembers=DIR" in err, err
     assert not (tmp_path / "e").exists()
+
+
+def test_denoising_attacks_refuse_an_sfd_generator_and_the_suite_records_it(tmp_path):
+    """An SFD run's UNet is a one-step generator: the attacks whose loss is a denoising loss refuse it in
+    one line, which the canvas suite records (n/a), while Ring-A-Bell, which never queries the model, runs."""
+    from erasure.erased import load_erased
+    from erasure.evaluation import SamplingSettings, evaluate_runs
+
+    run = tmp_path / "sfd-dotted"
+    erase(load_pipeline("canvas-mini"), ErasureRequest(["dotted"], kind="style"), "sfd", out=run,
+          steps=2, batch_size=1, guidance=1.0, checkpoint_every=0)
+    generator, canvas = load_erased(run, base=load_pipeline("canvas-mini")), load_pipeline("canvas-mini")
+    for name in ("soft-prompt", "unlearndiffatk", "concept-inversion"):
+        with pytest.raises(ErasureInputError, match="one-step generator is not a noise predictor"):
+            load_attack(name, steps=1)(generator, canvas, "dotted style", seed=0)
+    args = dict(attacks=["unlearndiffatk", "ring-a-bell"], attack_seeds=[3],
+                attack_configs={"unlearndiffatk": {"steps": 1}, "ring-a-bell": {"steps": 1, "population": 8}})
+    metrics = evaluate_runs("canvas-mini", [run], out=tmp_path / "e", suite_args=args,
+                            settings=SamplingSettings(steps=2, guidance=3.0, seeds=[0], batch_size=64))
+    (entry,) = metrics["runs"]
+    refused = entry["robustness"]["attacks"]["unlearndiffatk"]["after"]
+    assert "not a noise predictor" in refused["refused"] and entry["after"]["unlearndiffatk_success_rate"] is None
+    assert entry["robustness"]["attacks"]["unlearndiffatk"]["before"]["asr"] in (0.0, 1.0)  # the original is attacked
+    assert entry["after"]["ring-a-bell_success_rate"] in (0.0, 1.0)
+    assert "n/a" in (tmp_path / "e" / "report.md").read_text()

@@ -120,6 +120,16 @@ class AttackResult:
         return record
 
 
+def check_noise_predictor(pipe, who: str) -> None:
+    """Refuse an SFD run's one-step generator: attacks whose loss is a denoising (noise-prediction) loss
+    have nothing to optimise against in a generator (Ring-A-Bell, which never queries the model, can attack it)."""
+    from erasure.one_step import OneStepPipeline
+
+    if isinstance(pipe, OneStepPipeline):
+        raise ErasureInputError(f"{who}: an SFD run's one-step generator is not a noise predictor, which this attack's "
+                                "loss needs; attack it with ring-a-bell")
+
+
 class Attack(ABC):
     """Base of every attack: a config (``config_class``), and one call signature (module docstring).
 

@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from erasure.diffusion import Conditions, add_noise, alphas_cumprod, eps_from_output, prediction_type, unet_output
 from erasure.errors import ErasureInputError
 
-from .base import Attack, AttackConfig, AttackResult
+from .base import Attack, AttackConfig, AttackResult, check_noise_predictor
 from .images import drawn_x0, encoded_x0, image_files
 from .registry import register_attack
 from .soft_prompt import SoftPrompt, check_single_text_encoder, encode_soft_prompt, generate_from_embeddings
@@ -108,11 +108,7 @@ class ConceptInversion(Attack):
     config: ConceptInversionConfig
 
     def attack(self, erased, original, concept, *, config, seed, progress):
-        from erasure.one_step import OneStepPipeline
-
-        if isinstance(erased, OneStepPipeline):
-            raise ErasureInputError("concept-inversion: an SFD run's one-step generator has no denoising loss to invert "
-                                    "against; attack it with soft-prompt or unlearndiffatk")
+        check_noise_predictor(erased, "concept-inversion")
         check_single_text_encoder(erased, "concept-inversion")
         tokenizer, te, unet = erased.tokenizer, erased.text_encoder, erased.unet
         device = unet.device
