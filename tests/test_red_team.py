@@ -363,6 +363,7 @@ def test_denoising_attacks_refuse_an_sfd_generator_and_the_suite_records_it(tmp_
     one line, which the canvas suite records (n/a), while Ring-A-Bell, which never queries the model, runs."""
     from erasure.erased import load_erased
     from erasure.evaluation import SamplingSettings, evaluate_runs
+    from erasure.evaluation.attack_run import check_attack_run
 
     run = tmp_path / "sfd-dotted"
     erase(load_pipeline("canvas-mini"), ErasureRequest(["dotted"], kind="style"), "sfd", out=run,
@@ -371,6 +372,9 @@ def test_denoising_attacks_refuse_an_sfd_generator_and_the_suite_records_it(tmp_
     for name in ("soft-prompt", "unlearndiffatk", "concept-inversion"):
         with pytest.raises(ErasureInputError, match="one-step generator is not a noise predictor"):
             load_attack(name, steps=1)(generator, canvas, "dotted style", seed=0)
+        with pytest.raises(ErasureInputError, match="--attack ring-a-bell"):  # `erasure attack`: before any model loads
+            check_attack_run(run, name, {}, tmp_path / "a")
+    assert check_attack_run(run, "ring-a-bell", {}, tmp_path / "a")[1].name == "ring-a-bell"
     args = dict(attacks=["unlearndiffatk", "ring-a-bell"], attack_seeds=[3],
                 attack_configs={"unlearndiffatk": {"steps": 1}, "ring-a-bell": {"steps": 1, "population": 8}})
     metrics = evaluate_runs("canvas-mini", [run], out=tmp_path / "e", suite_args=args,

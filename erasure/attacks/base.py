@@ -138,6 +138,8 @@ class Attack(ABC):
 
     name: ClassVar[str] = ""
     config_class: ClassVar[type[AttackConfig]] = AttackConfig
+    #: whether the attack's loss is a denoising loss of the erased model (then an SFD generator is refused)
+    needs_noise_predictor: ClassVar[bool] = True
 
     def __init__(self, config: AttackConfig | dict | None = None, **overrides) -> None:
         if config is None:
@@ -154,6 +156,8 @@ class Attack(ABC):
         if not isinstance(concept, str) or not concept.strip():
             raise ErasureInputError(f"{self.name}: the concept prompt is empty")
         config = self.config if budget is None else self.config.with_overrides(steps=int(budget))
+        if self.needs_noise_predictor:
+            check_noise_predictor(erased, self.name)
         start = time.perf_counter()
         result = self.attack(erased, original, concept.strip(), config=config, seed=int(seed), progress=progress)
         result.seconds = time.perf_counter() - start

@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from erasure.diffusion import Conditions, add_noise, alphas_cumprod, eps_from_output, prediction_type, unet_output
 from erasure.errors import ErasureInputError
 
-from .base import Attack, AttackConfig, AttackResult, check_noise_predictor
+from .base import Attack, AttackConfig, AttackResult
 from .images import drawn_x0, encoded_x0, image_files
 from .registry import register_attack
 from .soft_prompt import SoftPrompt, check_single_text_encoder, encode_soft_prompt, generate_from_embeddings
@@ -108,7 +108,6 @@ class ConceptInversion(Attack):
     config: ConceptInversionConfig
 
     def attack(self, erased, original, concept, *, config, seed, progress):
-        check_noise_predictor(erased, "concept-inversion")
         check_single_text_encoder(erased, "concept-inversion")
         tokenizer, te, unet = erased.tokenizer, erased.text_encoder, erased.unet
         device = unet.device

@@ -76,6 +76,7 @@ class RingABell(Attack):
 
     config_class = RingABellConfig
     config: RingABellConfig
+    needs_noise_predictor = False  # it reads the original's text encoder only
 
     def __init__(self, config=None, **overrides) -> None:
         super().__init__(config, **overrides)

@@ -75,7 +75,7 @@ from erasure.sampling import (
 )
 from erasure.training import mean_over_processes
 
-from .base import Attack, AttackConfig, AttackResult, check_noise_predictor
+from .base import Attack, AttackConfig, AttackResult
 from .registry import register_attack
 
 logger = logging.getLogger(__name__)
@@ -459,7 +459,6 @@ class SoftPromptAdversary(Attack):
         return self._teachers[key]
 
     def attack(self, erased, original, concept, *, config, seed, progress):
-        check_noise_predictor(erased, "soft-prompt")
         check_single_text_encoder(erased, "the soft-prompt attack")
         teacher = self.teacher(original, concept, config)
         optimiser = SoftPromptAttack(config.optimiser())

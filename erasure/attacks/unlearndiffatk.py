@@ -61,7 +61,7 @@ from erasure.diffusion import (
 )
 from erasure.errors import ErasureInputError
 
-from .base import Attack, AttackConfig, AttackResult, check_noise_predictor
+from .base import Attack, AttackConfig, AttackResult
 from .images import drawn_x0, encoded_x0, image_files
 from .registry import register_attack
 from .soft_prompt import SoftPrompt, check_single_text_encoder, encode_soft_prompt
@@ -144,7 +144,6 @@ class UnlearnDiffAtk(Attack):
     config: UnlearnDiffAtkConfig
 
     def attack(self, erased, original, concept, *, config, seed, progress):
-        check_noise_predictor(erased, "unlearndiffatk")
         check_single_text_encoder(erased, "unlearndiffatk")
         tokenizer, te, unet = erased.tokenizer, erased.text_encoder, erased.unet
         device = unet.device

@@ -39,6 +39,11 @@ def check_attack_run(run: str | os.PathLike, name: str, settings: dict, out: str
     manifest = chain_links(run)[-1][1]
     family = family_of_source(origin(manifest).get("source") or "")
     attack = load_attack(name, {**run_defaults(name, family, manifest["request"]["kind"]), **settings})
+    from erasure.one_step import SAMPLER
+
+    if attack.needs_noise_predictor and (manifest.get("extra") or {}).get("sampler") == SAMPLER:
+        raise ErasureInputError(f"{run}: an SFD run's one-step generator is not a noise predictor, which {name}'s loss "
+                                "needs; attack it with --attack ring-a-bell")
     folder = check_output_folder(out, "--out")
     if folder.is_dir() and any(folder.iterdir()):
         raise ErasureInputError(f"--out {folder}: not empty; give a new folder")
