@@ -10,6 +10,9 @@ Every folder is inspected without loading weights: a malformed manifest, a missi
 edit file, an edit file named outside its run folder, or an unreadable ``metrics.json`` marks that
 one run and the app goes on.
 
+Folders that ``erasure attack --out`` wrote (``attack.json``) are listed as attacks, not runs; their
+text prompts are offered in the compare tab (``adversarial_prompts``).
+
 Metrics come from ``metrics.json`` files: a run's own (any JSON object; numeric values, nested
 objects flattened to dotted names, become columns), and the reports ``erasure evaluate`` and
 ``erasure quickstart`` write (``{"runs": [{"run": PATH, "before": {...}, "after": {...}}]}``) in
@@ -43,7 +46,10 @@ MAX_METRICS_BYTES = 4 * 2**20
 MAX_RUNS_LISTED = 1000
 MAX_METRIC_DEPTH = 3
 
-OK, BROKEN, UNFINISHED, REPORT = "ok", "broken", "unfinished", "evaluation"
+OK, BROKEN, UNFINISHED, REPORT, ATTACK = "ok", "broken", "unfinished", "evaluation", "attack"
+#: What ``erasure attack --out`` writes: its findings, whose text prompts the compare tab offers.
+ATTACK_FILE = "attack.json"
+MAX_ATTACK_BYTES = 4 * 2**20
 
 
 @dataclass(frozen=True)
@@ -147,6 +153,8 @@ def inspect_run(runs_dir: Path, name: str) -> RunEntry:
             return RunEntry(name, path, UNFINISHED, f"no {MANIFEST} yet: training, or interrupted (resume it with --resume)")
         if (path / METRICS_FILE).is_file():
             return RunEntry(name, path, REPORT, f"an evaluation report ({METRICS_FILE}), not a run")
+        if (path / ATTACK_FILE).is_file():
+            return RunEntry(name, path, ATTACK, f"an attack's findings ({ATTACK_FILE}, erasure attack), not a run")
         return RunEntry(name, path, BROKEN, f"not a run folder: no {MANIFEST}")
     try:
         manifest = check_run(path)
@@ -238,6 +246,29 @@ def _report_scores(item: dict) -> dict[str, float]:
 
 
 RUNS_HEADERS = ["run", "status", "method", "concept", "kind", "base model", "created", "problem"]
+
+
+def adversarial_prompts(entries: list[RunEntry]) -> list[tuple[str, str]]:
+    """(label, prompt) of every text prompt an ``erasure attack`` folder in the runs folder holds, e.g.
+    ("attack-dotted seed 0 (unlearndiffatk, recognised): wolves tapestry dotted style", "wolves tapestry dotted style");
+    a folder whose attack.json is unreadable or too large is skipped (it is listed in the runs table)."""
+    found = []
+    for e in entries:
+        if e.status != ATTACK:
+            continue
+        file = e.path / ATTACK_FILE
+        try:
+            if file.stat().st_size > MAX_ATTACK_BYTES:
+                continue
+            record = json.loads(file.read_text(encoding="utf-8"))
+            seeds = [r for r in record.get("per_seed", []) if isinstance(r, dict) and isinstance(r.get("prompt"), str)]
+        except (OSError, ValueError, AttributeError):
+            logger.warning("%s: unreadable attack record", file)
+            continue
+        for r in seeds:
+            verdict = {True: ", recognised", False: ", not recognised"}.get(r.get("recognised"), "")
+            found.append((f"{e.name} seed {r.get('seed')} ({record.get('attack', '?')}{verdict}): {r['prompt'][:80]}", r["prompt"]))
+    return found
 
 
 def runs_rows(entries: list[RunEntry]) -> list[list[str]]:

@@ -24,7 +24,7 @@ from erasure.pipelines.canvas.model import EMBEDDED_MODEL_NAME
 
 from . import erasing
 from .compare import Limits, ModelStore, check_request, compare, for_display, load_edits, run_names
-from .runs import COST_COLUMNS, RUNS_HEADERS, RunEntry, metrics_rows, runs_rows, scan_runs
+from .runs import COST_COLUMNS, RUNS_HEADERS, RunEntry, adversarial_prompts, metrics_rows, runs_rows, scan_runs
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +107,7 @@ class ComparisonApp:
             gr.update(value=rows, headers=headers),
             gr.update(choices=measures, value=measure),
             self.plot(measure, entries),
+            gr.update(choices=adversarial_prompts(entries), value=None),
         )
 
     def plot(self, measure: str | None, entries: list[RunEntry] | None = None):
@@ -207,7 +208,7 @@ def build_app(runs_dir: str | Path, models: Sequence[str] = (EMBEDDED_MODEL_NAME
                 metrics_table, measure, plot = _metrics_tab(state)
             with gr.Tab("Erase", id="erase"):
                 erase_done = _erase_tab(state)
-        refresh_outputs = [compare_tab["runs"], runs_table, metrics_table, measure, plot]
+        refresh_outputs = [compare_tab["runs"], runs_table, metrics_table, measure, plot, compare_tab["attack_prompt"]]
         demo.load(state.first_view, inputs=compare_tab["runs"], outputs=refresh_outputs, api_name="runs")
         for trigger in (compare_tab["refresh"], refresh_runs):
             trigger.click(state.refresh, inputs=compare_tab["runs"], outputs=refresh_outputs, api_visibility="private")
@@ -231,6 +232,10 @@ def _compare_tab(state: ComparisonApp) -> dict:
         prompt = gr.Textbox(label="prompt", placeholder="a star in dotted style", max_length=limits.max_prompt_chars,
                             elem_id="prompt", scale=2)
         negative = gr.Textbox(label="negative prompt", max_length=limits.max_prompt_chars, elem_id="negative")
+    # the text prompts `erasure attack` found, from attack folders in the runs folder: one pick fills the prompt
+    attack_prompt = gr.Dropdown([], value=None, label="saved adversarial prompt (erasure attack)", elem_id="attack-prompt")
+    attack_prompt.change(lambda picked: gr.update(value=picked) if picked else gr.update(), inputs=attack_prompt,
+                         outputs=prompt, api_visibility="private")
     with gr.Row():
         seeds = gr.Textbox("0", label=f"seeds (e.g. 0, 0-3, 1,5; up to {limits.max_seeds})", elem_id="seeds")
         steps = gr.Slider(1, limits.max_steps, DEFAULT_STEPS, step=1, label="steps", elem_id="steps")
@@ -251,7 +256,7 @@ def _compare_tab(state: ComparisonApp) -> dict:
                  outputs=[slider, gallery, status], api_name="compare", preprocess=False,
                  # Up to one request per model at a time; ModelStore's per-model lock orders the rest.
                  concurrency_limit=len(state.store.sources), concurrency_id="generate")
-    return {"runs": runs, "refresh": refresh}
+    return {"runs": runs, "refresh": refresh, "attack_prompt": attack_prompt}
 
 
 def _metrics_tab(state: ComparisonApp):

@@ -107,7 +107,7 @@ def app_runs(tiny_sd, tmp_path_factory) -> AppRuns:
 @pytest.fixture(scope="module")
 def runs_dir(app_runs, tmp_path_factory) -> Path:
     """This module's runs folder: ``app_runs``' runs (cat with a metrics.json), a corrupt run, a
-    truncated one, an unfinished one and an evaluation report."""
+    truncated one, an unfinished one, an evaluation report and an attack's findings."""
     import json
     import shutil
 
@@ -123,6 +123,11 @@ def runs_dir(app_runs, tmp_path_factory) -> Path:
     report = {"runs": [{"run": str(runs / "dog"), "before": {"UA": 0.1}, "after": {"UA": 0.9, "IRA": 0.8}}]}
     (runs / "eval").mkdir()
     (runs / "eval" / "metrics.json").write_text(json.dumps(report))
+    # what `erasure attack --out runs/attack-cat` writes: its text prompts are offered by the compare tab
+    attack = {"attack": "unlearndiffatk", "per_seed": [{"seed": 0, "prompt": "wolves tapestry a cat", "recognised": True},
+                                                      {"seed": 1, "prompt": None, "recognised": False}]}
+    (runs / "attack-cat").mkdir()
+    (runs / "attack-cat" / "attack.json").write_text(json.dumps(attack))
     return runs
 
 

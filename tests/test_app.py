@@ -67,7 +67,7 @@ def test_runs_are_listed_with_their_status_and_metrics(runs_dir, app_runs):
     entries = {e.name: e for e in scan_runs(runs_dir)}
     status = {name: e.status for name, e in entries.items()}
     assert status == {"cat": "ok", "dog": "ok", "one-step": "ok", "corrupt": "broken", "truncated": "broken",
-                      "unfinished": "unfinished", "eval": "evaluation"}
+                      "unfinished": "unfinished", "eval": "evaluation", "attack-cat": "attack"}
     assert "malformed JSON" in entries["corrupt"].problem and str(runs_dir) not in entries["corrupt"].problem
     assert "truncated" in entries["truncated"].problem
     assert entries["cat"].metrics == {"ua": 0.75, "fid.value": 12.5}
@@ -259,7 +259,7 @@ def test_client_bad_requests_are_refused_with_a_message(client, tiny_sd):
 
 
 def test_client_lists_broken_runs(client):
-    menu, runs_table, metrics_table, measure, plot = client.predict([], api_name="/runs")
+    menu, runs_table, metrics_table, measure, plot, attack_prompts = client.predict([], api_name="/runs")
     listed = {row[0]: row for row in _value(runs_table)["data"]}
     assert listed["corrupt"][1] == "broken" and "malformed JSON" in listed["corrupt"][-1]
     assert listed["cat"][1] == "ok" and listed["unfinished"][1] == "unfinished"
@@ -267,6 +267,9 @@ def test_client_lists_broken_runs(client):
     assert menu["value"] == ["dog"]  # the newest finished run made for the default model
     assert [row[0] for row in _value(metrics_table)["data"]] == ["cat", "dog", "one-step"]
     assert plot["visible"] is True  # two runs have the measure
+    assert listed["attack-cat"][1] == "attack"  # `erasure attack`'s folder: not a run, its text prompts offered
+    assert attack_prompts["choices"] == [["attack-cat seed 0 (unlearndiffatk, recognised): wolves tapestry a cat",
+                                          "wolves tapestry a cat"]]
 
 
 def test_erase_tab_writes_a_run_that_the_app_lists(client, runs_dir, tiny_sd):
@@ -311,6 +314,9 @@ def test_browser_shows_the_slider_with_two_images(app_url, tmp_path):
             page.set_default_timeout(BROWSER_TIMEOUT_MS)
             page.goto(app_url, wait_until="domcontentloaded")
             page.get_by_text("dog: esd").first.wait_for()  # the newest run, chosen when the page loads
+            page.locator("#attack-prompt input").click()  # a prompt `erasure attack` saved fills the prompt box
+            page.get_by_text("attack-cat seed 0").first.click()
+            sync_api.expect(page.locator("#prompt textarea")).to_have_value("wolves tapestry a cat")
             page.locator("#prompt textarea").fill("a cat")
             page.locator("#steps input[type=number]").fill("3")
             page.locator("#steps input[type=number]").press("Tab")
