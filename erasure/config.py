@@ -52,6 +52,19 @@ class MethodConfig:
             raise ErasureInputError(f"config is for method {declared!r}, not {cls.method!r}")
         return cls(**cls._checked(data))
 
+    @classmethod
+    def of(cls, config: "MethodConfig | dict | None", owner: str, /, **overrides) -> "MethodConfig":
+        """``config`` as this class (None: the defaults; a dict: ``from_dict``; another config type is
+        refused in one line naming ``owner``), with ``overrides`` applied: how a method or an attack
+        takes its config."""
+        if config is None:
+            config = cls()
+        elif isinstance(config, dict):
+            config = cls.from_dict(config)
+        elif not isinstance(config, cls):
+            raise ErasureInputError(f"{owner}: expected a {cls.__name__}, got {type(config).__name__}")
+        return config.with_overrides(**overrides) if overrides else config
+
     def with_overrides(self, /, **overrides) -> "MethodConfig":
         """A copy with ``overrides`` applied (``None`` values are ignored), validated."""
         values = self.to_dict()

@@ -142,13 +142,7 @@ class Attack(ABC):
     needs_noise_predictor: ClassVar[bool] = True
 
     def __init__(self, config: AttackConfig | dict | None = None, **overrides) -> None:
-        if config is None:
-            config = self.config_class()
-        elif isinstance(config, dict):
-            config = self.config_class.from_dict(config)
-        elif not isinstance(config, self.config_class):
-            raise ErasureInputError(f"{self.name}: expected a {self.config_class.__name__}, got {type(config).__name__}")
-        self.config = config.with_overrides(**overrides) if overrides else config
+        self.config = self.config_class.of(config, self.name, **overrides)
 
     def __call__(self, erased, original, concept: str, *, seed: int = 0, budget: int | None = None,
                  progress: AttackProgress | None = None) -> AttackResult:

@@ -18,7 +18,6 @@ from abc import ABC, abstractmethod
 from typing import ClassVar
 
 from erasure.config import MethodConfig, load_yaml, read_config_file
-from erasure.errors import ErasureInputError
 
 if typing.TYPE_CHECKING:
     from erasure.edit import Edit
@@ -37,13 +36,7 @@ class ErasureMethod(ABC):
     reference_code: ClassVar[str] = ""
 
     def __init__(self, config: MethodConfig | dict | None = None, **overrides) -> None:
-        if config is None:
-            config = self.config_class()
-        elif isinstance(config, dict):
-            config = self.config_class.from_dict(config)
-        elif not isinstance(config, self.config_class):
-            raise ErasureInputError(f"{self.name}: expected a {self.config_class.__name__}, got {type(config).__name__}")
-        self.config = config.with_overrides(**overrides) if overrides else config
+        self.config = self.config_class.of(config, self.name, **overrides)
 
     @staticmethod
     def check_model(source, config=None) -> None:
