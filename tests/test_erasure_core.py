@@ -131,8 +131,8 @@ def test_registry():
         with pytest.raises(ValueError, match="module:Class"):
             register_lazy("bad", "no-colon")
     finally:
-        reg._METHODS.pop("toy", None)
-        reg._METHODS.pop("toy-lazy", None)
+        reg.METHODS.entries.pop("toy", None)
+        reg.METHODS.entries.pop("toy-lazy", None)
 
 
 def test_methods_import_lazily():
