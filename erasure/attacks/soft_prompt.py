@@ -152,30 +152,10 @@ class SoftPrompt:
     def build(cls, tokenizer, prompt: str, tokens: int, placement: str) -> "SoftPrompt":
         if placement not in PLACEMENTS:
             raise ErasureInputError(f"placement {placement!r}; expected one of {', '.join(PLACEMENTS)}")
-        length = tokenizer.model_max_length
-        ids = tokenizer(prompt, padding="max_length", max_length=length, truncation=True).input_ids
-        eos = tokenizer.eos_token_id
-        end = ids.index(eos, 1)
-        body, adv = ids[1:end], [PLACEHOLDER_ID] * tokens
-        if placement == "prefix":
-            seq = [ids[0], *adv, *body]
-            start = 1
-        elif placement == "suffix":
-            seq = [ids[0], *body, *adv]
-            start = 1 + len(body)
-        else:
-            seq = [ids[0], *adv]
-            start = 1
-        seq.append(eos)
-        if len(seq) > length:
-            raise ErasureInputError(
-                f"prompt {prompt!r} with {tokens} adversarial token(s) needs {len(seq)} tokens; the text encoder takes {length}")
-        used = len(seq)
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-        seq += [pad] * (length - used)
-        mask = [1] * used + [0] * (length - used)
-        return cls(prompt, torch.tensor([seq]), torch.tensor([mask]), tuple(range(start, start + tokens)))
-
+        ids = tokenizer(prompt, padding="max_length", max_length=tokenizer.model_max_length, truncation=True).input_ids
+        body = ids[1:ids.index(tokenizer.eos_token_id, 1)]
+        head, tail = {"prefix": ([], body), "suffix": (body, []), "replace": ([], [])}[placement]
+        return cls._around(tokenizer, prompt, head, tokens, tail, f"prompt {prompt!r}")
 
     @classmethod
     def in_template(cls, tokenizer, template: str, tokens: int = 1) -> "SoftPrompt":
@@ -184,21 +164,26 @@ class SoftPrompt:
         if template.count("{}") != 1:
             raise ErasureInputError(f"template {template!r}: needs exactly one {{}} for the token")
         before, after = (part.strip() for part in template.split("{}"))
-        length = tokenizer.model_max_length
 
         def body(text: str) -> list[int]:
             return tokenizer(text).input_ids[1:-1] if text else []
 
-        head, tail = body(before), body(after)
+        return cls._around(tokenizer, template, body(before), tokens, body(after), f"template {template!r}")
+
+    @classmethod
+    def _around(cls, tokenizer, text: str, head: list[int], tokens: int, tail: list[int], what: str) -> "SoftPrompt":
+        """BOS, ``head``, ``tokens`` placeholders, ``tail``, EOS, padded to the text encoder's length
+        (the attention mask covers up to EOS); refused in one line when it does not fit."""
+        length = tokenizer.model_max_length
         seq = [tokenizer.bos_token_id, *head, *[PLACEHOLDER_ID] * tokens, *tail, tokenizer.eos_token_id]
         if len(seq) > length:
-            raise ErasureInputError(f"template {template!r} with {tokens} token(s) needs {len(seq)} tokens; the text encoder takes {length}")
+            raise ErasureInputError(f"{what} with {tokens} adversarial token(s) needs {len(seq)} tokens; the text encoder takes {length}")
         used = len(seq)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         seq += [pad] * (length - used)
         mask = [1] * used + [0] * (length - used)
         start = 1 + len(head)
-        return cls(template, torch.tensor([seq]), torch.tensor([mask]), tuple(range(start, start + tokens)))
+        return cls(text, torch.tensor([seq]), torch.tensor([mask]), tuple(range(start, start + tokens)))
 
 
 @contextmanager
