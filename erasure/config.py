@@ -17,6 +17,7 @@ import dataclasses
 import json
 import os
 import typing
+from collections.abc import Iterable
 from pathlib import Path
 from typing import ClassVar
 
@@ -39,6 +40,18 @@ class MethodConfig:
 
     def validate(self) -> None:
         """Subclasses raise ``ErasureInputError`` for invalid values."""
+
+    def check_bounds(self, *, at_least_one: Iterable[str] = (), non_negative: Iterable[str] = (),
+                     positive: Iterable[str] = (), prefix: str | None = None) -> None:
+        """The common refusals of ``validate``, one line each: the named fields must be >= 1, >= 0 or > 0
+        (a ``None`` is left to the caller: it often means "off" or "the default")."""
+        prefix = f"{self.method} config " if prefix is None else prefix
+        for names, fails, rule in ((at_least_one, lambda v: v < 1, "at least 1"), (non_negative, lambda v: v < 0, ">= 0"),
+                                   (positive, lambda v: not v > 0, "positive")):
+            for name in names:
+                value = getattr(self, name)
+                if value is not None and fails(value):
+                    raise ErasureInputError(f"{prefix}{name}: must be {rule}, got {value}")
 
     # -- dicts
     def to_dict(self) -> dict:

@@ -49,11 +49,7 @@ class AttackConfig(MethodConfig):
     scheduler: str = "ddim"
 
     def validate(self) -> None:
-        for name in ("steps", "images", "sample_steps"):
-            if getattr(self, name) < 1:
-                raise ErasureInputError(f"{self.method} config {name}: must be at least 1, got {getattr(self, name)}")
-        if self.guidance < 0:
-            raise ErasureInputError(f"{self.method} config guidance: must be >= 0, got {self.guidance}")
+        self.check_bounds(at_least_one=("steps", "images", "sample_steps"), non_negative=("guidance",))
 
 
 @dataclass

@@ -80,13 +80,8 @@ class ConceptInversionConfig(AttackConfig):
 
     def validate(self) -> None:
         super().validate()
-        for name in ("batch_size", "accumulation", "images_count", "image_steps"):
-            if getattr(self, name) < 1:
-                raise ErasureInputError(f"concept-inversion config {name}: must be at least 1, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise ErasureInputError(f"concept-inversion config lr: must be positive, got {self.lr}")
-        if self.weight_decay < 0:
-            raise ErasureInputError(f"concept-inversion config weight_decay: must be >= 0, got {self.weight_decay}")
+        self.check_bounds(at_least_one=("batch_size", "accumulation", "images_count", "image_steps"),
+                          positive=("lr",), non_negative=("weight_decay",))
         if self.learnable_property not in TEMPLATES:
             raise ErasureInputError(f"concept-inversion config learnable_property: {self.learnable_property!r}; "
                                     f"expected one of {', '.join(TEMPLATES)}")

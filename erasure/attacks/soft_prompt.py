@@ -407,9 +407,7 @@ class SoftPromptConfig(SoftPromptAttackConfig, AttackConfig):
         SoftPromptAttackConfig.validate(self)
         if self.init != "random":
             raise ErasureInputError(f"soft-prompt config init: {self.init!r}; an attack on a model starts from random tokens")
-        for name in ("teacher_samples", "teacher_ddim_steps"):
-            if getattr(self, name) < 1:
-                raise ErasureInputError(f"soft-prompt config {name}: must be at least 1, got {getattr(self, name)}")
+        self.check_bounds(at_least_one=("teacher_samples", "teacher_ddim_steps"))
 
     def optimiser(self) -> SoftPromptAttackConfig:
         keys = {f.name for f in dataclasses.fields(SoftPromptAttackConfig)}

@@ -59,7 +59,6 @@ from erasure.diffusion import (
     prediction_type,
     unet_output,
 )
-from erasure.errors import ErasureInputError
 
 from .base import Attack, AttackConfig, AttackResult
 from .images import drawn_x0, encoded_x0, image_files
@@ -84,13 +83,8 @@ class UnlearnDiffAtkConfig(AttackConfig):
 
     def validate(self) -> None:
         super().validate()
-        for name in ("iterations", "tokens", "target_steps", "selection_points"):
-            if getattr(self, name) < 1:
-                raise ErasureInputError(f"unlearndiffatk config {name}: must be at least 1, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise ErasureInputError(f"unlearndiffatk config lr: must be positive, got {self.lr}")
-        if self.weight_decay < 0:
-            raise ErasureInputError(f"unlearndiffatk config weight_decay: must be >= 0, got {self.weight_decay}")
+        self.check_bounds(at_least_one=("iterations", "tokens", "target_steps", "selection_points"), positive=("lr",),
+                          non_negative=("weight_decay",))
         if self.target_images is not None:
             image_files(self.target_images)
 

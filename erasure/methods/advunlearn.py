@@ -218,16 +218,9 @@ class AdvUnlearnConfig(MethodConfig):
             raise ErasureInputError(f"{p}component: {self.component!r}; expected one of {', '.join(COMPONENTS)}")
         if self.mixed_precision not in MIXED_PRECISION:
             raise ErasureInputError(f"{p}mixed_precision: {self.mixed_precision!r}; expected one of {', '.join(MIXED_PRECISION)}")
-        for name in ("steps", "ddim_steps", "batch_size", "precompute_batch", "attack_every"):
-            if getattr(self, name) < 1:
-                raise ErasureInputError(f"{p}{name}: must be at least 1, got {getattr(self, name)}")
-        for name in ("warmup", "retain_batch", "sample_pool", "checkpoint_every"):
-            if getattr(self, name) < 0:
-                raise ErasureInputError(f"{p}{name}: must be >= 0, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise ErasureInputError(f"{p}lr: must be positive, got {self.lr}")
-        if self.gamma < 0:
-            raise ErasureInputError(f"{p}gamma: must be >= 0, got {self.gamma}")
+        self.check_bounds(at_least_one=("steps", "ddim_steps", "batch_size", "precompute_batch", "attack_every"),
+                          non_negative=("warmup", "retain_batch", "sample_pool", "checkpoint_every", "gamma"),
+                          positive=("lr",), prefix=p)
         if self.layers is not None and self.layers < 1:
             raise ErasureInputError(f"{p}layers: must be at least 1 (or null: every layer), got {self.layers}")
         if self.resolution is not None and self.resolution < 8:

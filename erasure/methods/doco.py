@@ -227,15 +227,10 @@ class DoCoConfig(MethodConfig):
                               ("canvas_anchors", CANVAS_ANCHORS)):
             if getattr(self, name) not in options:
                 raise _bad(f"{name}: {getattr(self, name)!r}; expected one of {', '.join(options)}")
-        for name in ("steps", "batch_size", "anchor_images", "anchor_steps", "anchor_batch"):
-            if getattr(self, name) < 1:
-                raise _bad(f"{name}: must be at least 1, got {getattr(self, name)}")
-        for name in ("warmup_steps", "checkpoint_every", "weight_decay", "max_grad_norm", "prior_weight", "surgery_lambda"):
-            if getattr(self, name) < 0:
-                raise _bad(f"{name}: must be >= 0, got {getattr(self, name)}")
-        for name in ("lr", "disc_lr"):
-            if getattr(self, name) is not None and not getattr(self, name) > 0:
-                raise _bad(f"{name}: must be positive, got {getattr(self, name)}")
+        self.check_bounds(at_least_one=("steps", "batch_size", "anchor_images", "anchor_steps", "anchor_batch"),
+                          non_negative=("warmup_steps", "checkpoint_every", "weight_decay", "max_grad_norm", "prior_weight",
+                                        "surgery_lambda"),
+                          positive=("lr", "disc_lr"), prefix="doco config ")
         if len(self.disc_betas) != 2 or not all(0 <= b < 1 for b in self.disc_betas):
             raise _bad(f"disc_betas: expected two numbers in [0, 1), got {self.disc_betas}")
         if not self.disc_widths or any(w < 1 for w in self.disc_widths):

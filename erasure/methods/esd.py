@@ -155,13 +155,8 @@ class ESDConfig(MethodConfig):
         check_trajectories("esd config ", self.trajectories)
         if self.mixed_precision not in MIXED_PRECISION:
             raise ErasureInputError(f"esd config mixed_precision: {self.mixed_precision!r}; expected one of {', '.join(MIXED_PRECISION)}")
-        for name in ("steps", "ddim_steps", "batch_size", "precompute_batch"):
-            if getattr(self, name) < 1:
-                raise ErasureInputError(f"esd config {name}: must be at least 1, got {getattr(self, name)}")
-        if self.checkpoint_every < 0:
-            raise ErasureInputError("esd config checkpoint_every: must be >= 0 (0: no checkpoints)")
-        if self.lr <= 0:
-            raise ErasureInputError(f"esd config lr: must be positive, got {self.lr}")
+        self.check_bounds(at_least_one=("steps", "ddim_steps", "batch_size", "precompute_batch"),
+                          non_negative=("checkpoint_every",), positive=("lr",))
         if self.resolution is not None and self.resolution < 8:
             raise ErasureInputError(f"esd config resolution: {self.resolution} is too small")
 

@@ -104,9 +104,7 @@ class PruneConfig(MethodConfig):
     def validate(self) -> None:
         if not 0 < self.rho <= 1:
             raise ErasureInputError(f"prune config rho: must be in (0, 1], got {self.rho}")
-        for name in ("tau", "ddim_steps", "seeds", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ErasureInputError(f"prune config {name}: must be at least 1, got {getattr(self, name)}")
+        self.check_bounds(at_least_one=("tau", "ddim_steps", "seeds", "batch_size"))
         if self.tau > self.ddim_steps:
             raise ErasureInputError(f"prune config tau: {self.tau} steps, more than ddim_steps {self.ddim_steps}")
         if self.base not in BASES:
