@@ -306,6 +306,25 @@ def test_red_team(tmp_path):
                   "--results", tmp_path / "r")
 
 
+def test_phrasings(tmp_path):
+    run_bench("phrasings", "--methods", "esd", "--styles", "dotted", "--train-seeds", "5", "--split", "tuning",
+              "--seeds", "0", "--sampling-steps", "1", *sets("--set", [f"esd.{s}" for s in TINY_ESD]),
+              "--out", tmp_path / "runs", "--results", tmp_path)
+    result, md = written(tmp_path, "phrasings_tuning")
+    assert not (tmp_path / "phrasings.json").exists()  # the held-out split's results are another file
+    (run,) = result["runs"]
+    assert run["train_seed"] == 5 and run["run"].endswith("style-dotted-seed5")  # the seed reaches the method's config
+    first = result["runs"][0]["scores"]
+    assert set(first) == {"trained", "paraphrased", "tuning"} and all(0 <= v <= 1 for s in first.values() for v in s.values())
+    assert result["templates"]["paraphrased"] == [1, 2, 3, 4] and len(result["templates"]["tuning"]) == 4
+    (summary,) = result["summary"]
+    assert summary["method"] == "esd" and summary["runs"] == 1 and summary["min"] == summary["mean"] == run["scores"]["tuning"]
+    assert len(rows(md, "method")) == 2  # the original and the run
+    (tmp_path / "phrasings_tuning.md").unlink()
+    run_bench("phrasings", "--split", "tuning", "--report-only", "--results", tmp_path)
+    assert (tmp_path / "phrasings_tuning.md").read_text() == md
+
+
 #: Benches whose committed markdown is rewritten from their committed JSON by ``--report-only``.
 #: Not here: advunlearn_canvas_asr_lr0.1 (an older run's format, without the per-run ``accuracy_bar_met``).
 REGENERATED = ["esd_canvas", "advunlearn_canvas", "doco_canvas", "prune_canvas", "prune_sweep", "prune_ceiling",
