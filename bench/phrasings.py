@@ -30,6 +30,7 @@ from erasure import ErasureRequest
 from erasure.configs import preset_path
 from erasure.edit import read_manifest
 from erasure.evaluation import evaluate_runs
+from erasure.progress import StageBars
 from erasure.pipelines.generation import parse_seeds
 
 METHODS = ("doco", "esd", "advunlearn", "sfd", "prune")
@@ -43,7 +44,7 @@ def name_of(split: str) -> str:
 
 
 def style_run(method: str, style: str, seed: int, out: Path, overrides: dict) -> Path:
-    return erase_once(out / method / f"style-{style}-seed{seed}", ErasureRequest([style], kind="style"), method,
+    return erase_once(out / f"style-{style}-seed{seed}", ErasureRequest([style], kind="style"), method,
                       preset_path(f"{method}/canvas-mini-style"), **{"seed": seed, **overrides})
 
 
@@ -102,6 +103,8 @@ def options() -> argparse.ArgumentParser:
     ap.add_argument("--phrasing-seeds", default="0", help="seeds of the phrasing sets' images")
     ap.add_argument("--sampling-steps", type=int, default=25, help="DDIM steps of the evaluation's images")
     ap.add_argument("--set", dest="sets", action="append", default=[], help="preset override METHOD.KEY=VALUE (repeat)")
+    ap.add_argument("--tag", default=None,
+                    help="keep these runs apart from the preset's (tuning tries): OUT/METHOD/TAG/..., the image cache shared")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "runs" / "phrasings")
     results_options(ap, "phrasings")
     return ap
@@ -117,20 +120,23 @@ def main() -> None:
     torch.manual_seed(0)
     overrides = method_overrides("phrasings", args.sets, args.methods)
     phrasing_seeds = parse_seeds(args.phrasing_seeds)
-    runs = [style_run(m, s, n, args.out, overrides[m]) for m in args.methods for s in args.styles for n in args.train_seeds]
-    metrics = evaluate_runs("canvas-mini", runs, out=args.out / f"eval-{args.split}", settings=sampling(args),
-                            suite_args={"phrasings": True, "phrasing_split": args.split, "phrasing_seeds": phrasing_seeds})
+    folder = {m: args.out / m / (args.tag or "") for m in args.methods}
+    runs = [style_run(m, s, n, folder[m], overrides[m]) for m in args.methods for s in args.styles for n in args.train_seeds]
+    with StageBars() as bars:
+        metrics = evaluate_runs("canvas-mini", runs, out=args.out / "-".join(["eval", args.split, *[args.tag] * bool(args.tag)]),
+                                cache_dir=args.out / "cache", settings=sampling(args), progress=bars,
+                                suite_args={"phrasings": True, "phrasing_split": args.split, "phrasing_seeds": phrasing_seeds})
     records = []
     for r, run in zip(metrics["runs"], runs):
         manifest = read_manifest(run)
         got = scores(r["after"], args.split)
         records.append({"method": r["method"], "style": manifest["request"]["targets"][0], "train_seed": manifest["config"]["seed"],
-                        "run": str(run), "split": args.split, "scores": got,
+                        "run": shown(run), "split": args.split, "scores": got,
                         "bar_met": all(got[args.split][k] >= v for k, v in BAR.items()),
                         "seconds": manifest.get("cost", {}).get("wall_seconds")})
     first = metrics["runs"][0]["phrasings"]
     result = {"suite": metrics["suite"], "judge": metrics["judge"], "sampling": metrics["sampling"], "split": args.split,
-              "styles": list(args.styles), "train_seeds": list(args.train_seeds), "phrasing_seeds": phrasing_seeds,
+              "styles": list(args.styles), "train_seeds": list(args.train_seeds), "phrasing_seeds": phrasing_seeds, "tag": args.tag,
               "templates": {name: first[name]["templates"] for name in ("paraphrased", args.split)},
               "original": scores(metrics["runs"][0]["before"], args.split), "overrides": overrides,
               "runs": records, "summary": summarise(records), "machine": machine()}
@@ -138,7 +144,7 @@ def main() -> None:
         ["python bench/phrasings.py", f"--methods {' '.join(args.methods)}", f"--styles {' '.join(args.styles)}",
          f"--train-seeds {' '.join(map(str, args.train_seeds))}", f"--split {args.split}", f"--seeds {args.seeds}",
          f"--phrasing-seeds {args.phrasing_seeds}"] + ([f"--sampling-steps {args.sampling_steps}"] if args.sampling_steps != 25 else [])
-        + [f"--set {s}" for s in args.sets] + ([f"--out {shown(args.out)}"] if args.out != options().get_default("out") else []))
+        + [f"--set {s}" for s in args.sets] + ([f"--tag {args.tag}"] if args.tag else []) + ([f"--out {shown(args.out)}"] if args.out != options().get_default("out") else []))
     write_results(args.results, name_of(args.split), result, markdown)
 
 

@@ -35,6 +35,7 @@ from erasure.config import parse_assignments
 from erasure.configs import preset_path
 from erasure.edit import read_manifest
 from erasure.evaluation import evaluate_runs, load_suite
+from erasure.progress import StageBars
 from erasure.pipelines.generation import parse_seeds
 
 NAME = "red_team"
@@ -150,7 +151,9 @@ def main() -> None:
 
     runs = [concept_run(m, c, k, args.out, overrides[m]) for m in args.methods
             for c, k in [(s, "style") for s in args.styles] + [(o, "object") for o in args.objects]]
-    metrics = evaluate_runs("canvas-mini", runs, out=args.out / "eval", settings=sampling(args), suite_args=suite_args)
+    with StageBars() as bars:  # attacks on eight runs take an hour or more: show them alive, also in a log
+        metrics = evaluate_runs("canvas-mini", runs, out=args.out / "eval", settings=sampling(args), suite_args=suite_args,
+                                progress=bars)
     original_asr = {}
     for r in metrics["runs"]:
         for a in args.attacks:
@@ -167,9 +170,10 @@ def main() -> None:
 
     if args.memorization_methods:
         mem_runs = [memorized_run(m, args.out, overrides[m]) for m in args.memorization_methods]
-        mem = evaluate_runs("canvas-mini", mem_runs, suite="memorization", out=args.out / "eval-memorization",
-                            settings=sampling(args),
-                            suite_args={"membership": True, **parse_assignments(args.memorization_sets, "--memorization-set")})
+        with StageBars() as bars:
+            mem = evaluate_runs("canvas-mini", mem_runs, suite="memorization", out=args.out / "eval-memorization",
+                                settings=sampling(args), progress=bars,
+                                suite_args={"membership": True, **parse_assignments(args.memorization_sets, "--memorization-set")})
         result["memorization"] = {"prompts": mem["prompts"], "sampling": mem["sampling"],
                                   "membership_note": mem["notes"][-1],
                                   "runs": [{"method": r["method"], "before": r["before"], "after": r["after"],

@@ -7,7 +7,7 @@ those under ``if TYPE_CHECKING:``, which only name types for annotations. The la
 0. ``erasure.errors``, ``erasure.atomic``: the error type and atomic writes (standard library only)
 1. ``erasure.pipelines``: loading, generation, the embedded model
 2. ``erasure.metrics``: judges, which import only errors and the model they judge with (canvas-mini)
-3. the core: configs, diffusion arithmetic, sampling, training, edits, requests, attacks, ``load_erased``
+3. the core: configs, the registry shape, diffusion arithmetic, sampling, training, edits, requests, attacks, ``load_erased``
 4. ``erasure.methods``: the erasure methods (plug-ins of the core)
 5. ``erasure.api`` (``erase``) and ``erasure.evaluation``
 6. what users run: the CLI, its progress display, quickstart, the app
@@ -27,7 +27,7 @@ LAYERS: list[tuple[int, str]] = [  # (layer, module prefix); the longest matchin
     (0, "erasure.errors"), (0, "erasure.atomic"),
     (1, "erasure.pipelines"),
     (2, "erasure.metrics"),
-    (3, "erasure.config"), (3, "erasure.configs"), (3, "erasure.diffusion"), (3, "erasure.sampling"),
+    (3, "erasure.config"), (3, "erasure.configs"), (3, "erasure.registry"), (3, "erasure.diffusion"), (3, "erasure.sampling"),
     (3, "erasure.training"), (3, "erasure.edit"), (3, "erasure.request"), (3, "erasure.prompts"),
     (3, "erasure.attacks"), (3, "erasure.erased"), (3, "erasure.lora"), (3, "erasure.one_step"), (3, "erasure.families"),
     (4, "erasure.methods"),
