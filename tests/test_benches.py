@@ -313,7 +313,7 @@ def test_phrasings(tmp_path):
     result, md = written(tmp_path, "phrasings_tuning")
     assert not (tmp_path / "phrasings.json").exists()  # the held-out split's results are another file
     (run,) = result["runs"]
-    assert run["train_seed"] == 5 and run["run"].endswith("style-dotted-seed5")  # the seed reaches the method's config
+    assert run["train_seed"] == 5 and run["run"].endswith("esd/style-dotted-seed5")  # the seed reaches the method's config
     first = result["runs"][0]["scores"]
     assert set(first) == {"trained", "paraphrased", "tuning"} and all(0 <= v <= 1 for s in first.values() for v in s.values())
     assert result["templates"]["paraphrased"] == [1, 2, 3, 4] and len(result["templates"]["tuning"]) == 4
