@@ -108,8 +108,7 @@ def markdown(result: dict) -> str:
     if result.get("memorization"):
         m = result["memorization"]
         blocks.append([f"Memorized captions ({m['prompts']} captions x {len(m['sampling']['seeds'])} seeds): memorized share "
-                       f"(similarity above canvas-mini's threshold) and the membership inference (PrivLeak's AUC: "
-                       f"{m['membership_note']})."])
+                       f"(similarity above canvas-mini's threshold) and the membership inference. {m['membership_note']}"])
         blocks.append(table(["method", "memorized share", "membership AUC", "privleak", "object / style accuracy"],
                             [[r["method"], f"{r['before']['memorized_share']:.0%} -> {r['after']['memorized_share']:.0%}",
                               f"{r['before']['membership_auc']:.3f} -> {r['after']['membership_auc']:.3f}",

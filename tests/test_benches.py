@@ -328,7 +328,7 @@ def test_phrasings(tmp_path):
 #: Benches whose committed markdown is rewritten from their committed JSON by ``--report-only``.
 #: Not here: advunlearn_canvas_asr_lr0.1 (an older run's format, without the per-run ``accuracy_bar_met``).
 REGENERATED = ["esd_canvas", "advunlearn_canvas", "doco_canvas", "prune_canvas", "prune_sweep", "prune_ceiling",
-               "sfd_canvas", "lora_rank", "esd_reference", "trajectory_reuse", "many_concepts"]
+               "sfd_canvas", "lora_rank", "esd_reference", "trajectory_reuse", "many_concepts", "red_team"]
 
 
 @pytest.mark.parametrize("name", REGENERATED)
