@@ -29,7 +29,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from _runs import ROOT, canvas_cells, erase_once, machine, method_overrides, page, parse, results_options, sampling, table, write_results
+from _runs import (ROOT, canvas_cells, erase_once, machine, method_overrides, page, parse, results_options, sampling, shown, table,
+                   write_results)
 from erasure import ErasureRequest
 from erasure.config import parse_assignments
 from erasure.configs import preset_path
@@ -158,6 +159,7 @@ def main() -> None:
         for a in args.attacks:
             original_asr.setdefault(a, (attack_records(r, a) or {}).get("before"))
         r["steps"] = read_manifest(r["run"])["config"].get("steps")
+        r["run"] = shown(r["run"])  # no machine's folders in the results
     suite = load_suite("canvas", **suite_args).config
     budgets = {a: (f"{suite.attack_steps} steps, lr {suite.attack_lr}, {suite.attack_tokens} token(s), "
                    f"{suite.attack_teacher_samples} samples of the original" if a == "soft-prompt"
@@ -175,7 +177,7 @@ def main() -> None:
                                 suite_args={"membership": True, **parse_assignments(args.memorization_sets, "--memorization-set")})
         result["memorization"] = {"prompts": mem["prompts"], "sampling": mem["sampling"],
                                   "membership_note": mem["notes"][-1],
-                                  "runs": [{"method": r["method"], "before": r["before"], "after": r["after"],
+                                  "runs": [{"method": r["method"], "run": shown(r["run"]), "before": r["before"], "after": r["after"],
                                             "membership": r.get("membership")} for r in mem["runs"]]}
     result["machine"] = machine()
     result["command"] = " ".join(
