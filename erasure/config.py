@@ -42,15 +42,17 @@ class MethodConfig:
         """Subclasses raise ``ErasureInputError`` for invalid values."""
 
     def check_bounds(self, *, at_least_one: Iterable[str] = (), non_negative: Iterable[str] = (),
-                     positive: Iterable[str] = (), prefix: str | None = None) -> None:
-        """The common refusals of ``validate``, one line each: the named fields must be >= 1, >= 0 or > 0
-        (a ``None`` is left to the caller: it often means "off" or "the default")."""
+                     positive: Iterable[str] = (), optional: Iterable[str] = (), prefix: str | None = None) -> None:
+        """The common refusals of ``validate``, one line each: the named fields must be >= 1, >= 0 or > 0;
+        a ``None`` is refused too, except in the ``optional`` fields (where it means "off" or "the default")."""
         prefix = f"{self.method} config " if prefix is None else prefix
         for names, fails, rule in ((at_least_one, lambda v: v < 1, "at least 1"), (non_negative, lambda v: v < 0, ">= 0"),
                                    (positive, lambda v: not v > 0, "positive")):
             for name in names:
                 value = getattr(self, name)
-                if value is not None and fails(value):
+                if value is None and name in optional:
+                    continue
+                if value is None or fails(value):
                     raise ErasureInputError(f"{prefix}{name}: must be {rule}, got {value}")
 
     # -- dicts

@@ -230,7 +230,7 @@ class DoCoConfig(MethodConfig):
         self.check_bounds(at_least_one=("steps", "batch_size", "anchor_images", "anchor_steps", "anchor_batch"),
                           non_negative=("warmup_steps", "checkpoint_every", "weight_decay", "max_grad_norm", "prior_weight",
                                         "surgery_lambda"),
-                          positive=("lr", "disc_lr"), prefix="doco config ")
+                          positive=("lr", "disc_lr"), optional=("lr", "disc_lr"), prefix="doco config ")
         if len(self.disc_betas) != 2 or not all(0 <= b < 1 for b in self.disc_betas):
             raise _bad(f"disc_betas: expected two numbers in [0, 1), got {self.disc_betas}")
         if not self.disc_widths or any(w < 1 for w in self.disc_widths):
