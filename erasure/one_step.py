@@ -14,7 +14,8 @@ run's edit holds the generator's UNet tensors and its manifest records how to sa
   pipeline draws for that seed).
 - ``OneStepPipeline(pipe, t_star)``: wraps a pipeline whose UNet holds a generator so that it is
   called like any diffusers pipeline (``erasure.pipelines.generate``, the evaluation runner, the
-  app): ``__call__`` takes the usual arguments, samples in ``steps`` generator calls and ignores
+  app, the attacks): ``__call__`` takes the usual arguments (``prompt_embeds`` too, on pipelines with
+  one text encoder), samples in ``steps`` generator calls and ignores
   the multi-step sampler's settings (``num_inference_steps``, ``guidance_scale``, the scheduler),
   which do not apply to a generator that has classifier-free guidance distilled into it. Every
   other attribute (components, ``unet``, ``scheduler``, ``to``, ``encode_prompt``, ...) is the
@@ -72,6 +73,12 @@ def _per_sample(t, like: torch.Tensor) -> torch.Tensor:
     return t.expand(like.shape[0]) if t.ndim == 0 else t
 
 
+def sampler_timesteps(t_star: int, steps: int) -> list[int]:
+    """The timesteps the few-step sampler applies the generator at: ``t_i = t* (1 - i / steps)`` (the
+    reference's evaluation sampler); ``[t*]`` for one step."""
+    return [int(t_star * (1 - i / steps)) for i in range(steps)]
+
+
 def check_sampling(t_star: int, steps: int, num_train_timesteps: int, guidance: float | None) -> None:
     if not 0 < t_star < num_train_timesteps:
         raise ErasureInputError(f"t_star must lie in [1, {num_train_timesteps - 1}], got {t_star}")
@@ -108,8 +115,7 @@ def sample_generator(
     if guided and uncond is None:
         raise ValueError("guidance needs the unconditional conditions")
     x0 = torch.zeros_like(z, dtype=torch.float32)
-    for i in range(steps):
-        t = int(t_star * (1 - i / steps))  # the reference's few-step schedule; t = t* for one step
+    for i, t in enumerate(sampler_timesteps(t_star, steps)):
         noise = z if i == 0 else fresh_noise()
         x_t = add_noise(ac, x0, noise.float(), t).to(unet.dtype)
         if guided:
@@ -208,7 +214,7 @@ class OneStepPipeline:
     @torch.no_grad()
     def __call__(
         self,
-        prompt: str | Sequence[str],
+        prompt: str | Sequence[str] | None = None,
         negative_prompt: str | Sequence[str] | None = None,
         generator=None,
         num_inference_steps: int | None = None,
@@ -218,25 +224,30 @@ class OneStepPipeline:
         output_type: str = "pil",
         return_dict: bool = True,
         callback_on_step_end=None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
         **ignored,
     ):
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if (height or width) and height != width:
             raise ErasureInputError("one-step sampling draws square images; give equal height and width")
         resolution = height or native_resolution(self.pipe)
         shape = latent_shape(self.pipe, resolution)
         unet = self.pipe.unet
         encode = TextConditioner(self.pipe, resolution)
-        cond = encode(prompts)
+        cond = self._conditions(encode, prompt, prompt_embeds)
+        n = len(cond)
         uncond = None
         if self.guidance is not None and self.guidance != 1:
-            negatives = [negative_prompt or ""] * len(prompts) if not isinstance(negative_prompt, (list, tuple)) else list(negative_prompt)
-            uncond = encode(negatives)
+            if negative_prompt_embeds is not None:
+                uncond = self._conditions(encode, None, negative_prompt_embeds)
+            else:
+                negatives = list(negative_prompt) if isinstance(negative_prompt, (list, tuple)) else [negative_prompt or ""] * n
+                uncond = encode(negatives)
         dtype = cond.hidden.dtype
-        z = _noise(generator, shape, len(prompts), dtype).to(unet.device)
+        z = _noise(generator, shape, n, dtype).to(unet.device)
 
         def fresh():
-            return _noise(generator, shape, len(prompts), dtype).to(unet.device)
+            return _noise(generator, shape, n, dtype).to(unet.device)
 
         def on_step(i, t):
             if callback_on_step_end is not None:
@@ -248,6 +259,17 @@ class OneStepPipeline:
         if not return_dict:
             return (images, None)
         return OneStepOutput(images=images)
+
+    def _conditions(self, encode: TextConditioner, prompt, prompt_embeds: torch.Tensor | None) -> Conditions:
+        """The prompts' conditions, or given text embeddings (a pipeline with one text encoder: SDXL's
+        pooled embeddings and size conditions have no such argument here)."""
+        if (prompt is None) == (prompt_embeds is None):
+            raise ErasureInputError("one-step sampling: give either prompt or prompt_embeds")
+        if prompt_embeds is None:
+            return encode([prompt] if isinstance(prompt, str) else list(prompt))
+        if encode.xl:
+            raise ErasureInputError("one-step sampling from prompt_embeds needs a pipeline with one text encoder")
+        return Conditions(prompt_embeds.to(self.pipe.unet.device, self.pipe.unet.dtype))
 
 
 def one_step_generate(

@@ -358,9 +358,15 @@ def test_membership_on_a_users_data_needs_nonmembers(canvas_run, tmp_path, capsy
     assert not (tmp_path / "e").exists()
 
 
-def test_denoising_attacks_refuse_an_sfd_generator_and_the_suite_records_it(tmp_path):
-    """An SFD run's UNet is a one-step generator: the attacks whose loss is a denoising loss refuse it in
-    one line, which the canvas suite records (n/a), while Ring-A-Bell, which never queries the model, runs."""
+def test_sfd_generators_are_refused_by_noise_prediction_attacks_and_inverted_through_their_sampler(tmp_path):
+    """An SFD run's UNet is a one-step generator: the soft prompt and UnlearnDiffAtk, whose loss is a
+    noise-prediction loss, refuse it in one line, which the canvas suite records (n/a); Ring-A-Bell (never
+    queries the model) runs, and concept inversion learns its word through the generator's own map at t*
+    (the word lowers that loss on the concept's images) and draws with the one-step sampler."""
+    import torch.nn.functional as F
+
+    from erasure.attacks.soft_prompt import SoftPrompt, encode_soft_prompt
+    from erasure.diffusion import Conditions, add_noise, alphas_cumprod, prediction_type, unet_output, x0_from_output
     from erasure.erased import load_erased
     from erasure.evaluation import SamplingSettings, evaluate_runs
     from erasure.evaluation.attack_run import check_attack_run
@@ -369,12 +375,38 @@ def test_denoising_attacks_refuse_an_sfd_generator_and_the_suite_records_it(tmp_
     erase(load_pipeline("canvas-mini"), ErasureRequest(["dotted"], kind="style"), "sfd", out=run,
           steps=2, batch_size=1, guidance=1.0, checkpoint_every=0)
     generator, canvas = load_erased(run, base=load_pipeline("canvas-mini")), load_pipeline("canvas-mini")
-    for name in ("soft-prompt", "unlearndiffatk", "concept-inversion"):
+    for name in ("soft-prompt", "unlearndiffatk"):
         with pytest.raises(ErasureInputError, match="one-step generator is not a noise predictor"):
             load_attack(name, steps=1)(generator, canvas, "dotted style", seed=0)
-        with pytest.raises(ErasureInputError, match="--attack ring-a-bell"):  # `erasure attack`: before any model loads
+        with pytest.raises(ErasureInputError, match="--attack ring-a-bell or concept-inversion"):  # before any model loads
             check_attack_run(run, name, {}, tmp_path / "a")
-    assert check_attack_run(run, "ring-a-bell", {}, tmp_path / "a")[1].name == "ring-a-bell"
+    for name in ("ring-a-bell", "concept-inversion"):
+        assert check_attack_run(run, name, {}, tmp_path / "a")[1].name == name
+
+    attack = load_attack("concept-inversion", steps=8, batch_size=4, accumulation=1, images_count=4, image_steps=5, images=2)
+    result = attack(generator, canvas, "dotted style", seed=0)
+    t_star = generator.t_star
+    assert result.details["loss"] == f"one-step generator's x0 at t = [{t_star}]"
+    assert result.details["generation_prompt"] == "a circle in <concept> style"  # canvas-mini's caption, not a painting's
+    drawn = generator(prompt_embeds=result.prompt_embeds.expand(2, -1, -1),
+                      generator=[torch.Generator().manual_seed(s) for s in (0, 1)]).images
+    assert [a.tobytes() for a in drawn] == [b.tobytes() for b in result.images]  # the one-step sampler drew them
+
+    x0, _ = attack.images(canvas, "dotted style", attack.config.with_overrides(), 0)
+    ac = alphas_cumprod(generator.scheduler, "cpu")
+    t = torch.full((len(x0),), t_star)
+    x_t = add_noise(ac, x0, torch.randn(x0.shape, generator=torch.Generator().manual_seed(7)), t)
+    soft = SoftPrompt.in_template(generator.tokenizer, "a circle in {} style")
+    init = generator.text_encoder.get_input_embeddings().weight[generator.tokenizer("art").input_ids[1:-1]]
+
+    def loss(token):
+        with torch.no_grad():
+            hidden = encode_soft_prompt(generator.text_encoder, soft, token).expand(len(x0), -1, -1)
+            out = unet_output(generator.unet, x_t, t, Conditions(hidden))
+            return float(F.mse_loss(x0_from_output(ac, out, x_t, t, prediction_type(generator.scheduler)), x0))
+
+    assert loss(result.learned["<concept>"]) < loss(init.detach())
+
     args = dict(attacks=["unlearndiffatk", "ring-a-bell"], attack_seeds=[3],
                 attack_configs={"unlearndiffatk": {"steps": 1}, "ring-a-bell": {"steps": 1, "population": 8}})
     metrics = evaluate_runs("canvas-mini", [run], out=tmp_path / "e", suite_args=args,

@@ -118,12 +118,13 @@ class AttackResult:
 
 def check_noise_predictor(pipe, who: str) -> None:
     """Refuse an SFD run's one-step generator: attacks whose loss is a denoising (noise-prediction) loss
-    have nothing to optimise against in a generator (Ring-A-Bell, which never queries the model, can attack it)."""
+    have nothing to optimise against in a generator (Ring-A-Bell, which never queries the model, and concept
+    inversion, which learns through the generator's own map, can attack it)."""
     from erasure.one_step import OneStepPipeline
 
     if isinstance(pipe, OneStepPipeline):
         raise ErasureInputError(f"{who}: an SFD run's one-step generator is not a noise predictor, which this attack's "
-                                "loss needs; attack it with ring-a-bell")
+                                "loss needs; attack it with ring-a-bell or concept-inversion")
 
 
 class Attack(ABC):

@@ -27,9 +27,16 @@ those change; weight decay reaches the new token only (the reference decays the 
 table and then restores every other row, which leaves the same result); the token is a placeholder
 whose embedding row is replaced inside the text encoder (``erasure.attacks.soft_tokens``), so the
 tokenizer and text encoder are never resized; images are kept as the UNet's input (latents) rather
-than written to files and re-encoded; the flip is of the latents. Refused: SFD's one-step generators
-(the denoising loss does not apply to a generator; Pham et al. do not attack one), and pipelines with
-two text encoders (SDXL).
+than written to files and re-encoded; the flip is of the latents. Refused: pipelines with two text encoders (SDXL).
+
+SFD's one-step generators (an SFD run loaded as ``erasure.one_step.OneStepPipeline``; Pham et al. attack
+none, this variant is ours): the generator is the UNet applied as a denoiser at the timesteps its own
+sampler visits (``t*`` for one step, ``t* (1 - i / steps)`` for few-step sampling), so the word is learned
+through that map: the concept's images noised to one of those timesteps, and the loss the squared
+error of the generator's clean estimate against the image (``|| x0 - x0_G(sqrt(ab_t) x0 + sqrt(1 - ab_t)
+eps, t, TE(template with the token)) ||^2``; at one timestep the same loss as the noise-prediction one up
+to a constant factor). The word is then drawn with the generator's own sampler. Everything else
+(templates, initialiser, optimiser, images, flips) is as above.
 """
 
 from __future__ import annotations
@@ -41,8 +48,9 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from erasure.diffusion import Conditions, add_noise, alphas_cumprod, eps_from_output, prediction_type, unet_output
+from erasure.diffusion import Conditions, add_noise, alphas_cumprod, eps_from_output, prediction_type, unet_output, x0_from_output
 from erasure.errors import ErasureInputError
+from erasure.one_step import OneStepPipeline, sampler_timesteps
 
 from .base import Attack, AttackConfig, AttackResult
 from .images import drawn_x0, encoded_x0, image_files
@@ -101,6 +109,7 @@ class ConceptInversion(Attack):
 
     config_class = ConceptInversionConfig
     config: ConceptInversionConfig
+    needs_noise_predictor = False  # an SFD generator is attacked through its own sampler's map
 
     def attack(self, erased, original, concept, *, config, seed, progress):
         check_single_text_encoder(erased, "concept-inversion")
@@ -120,6 +129,8 @@ class ConceptInversion(Attack):
         token = table.detach()[init_ids].float().clone().to(device).requires_grad_(True)
         opt = torch.optim.AdamW([token], lr=config.lr, betas=(0.9, 0.999), weight_decay=config.weight_decay, eps=1e-8)
         ac, kind = alphas_cumprod(erased.scheduler, device), prediction_type(erased.scheduler)
+        # a one-step generator is trained at the timesteps its sampler applies it at, in x0 space
+        generator_t = sampler_timesteps(erased.t_star, erased.steps) if isinstance(erased, OneStepPipeline) else None
         total_t = erased.scheduler.config.num_train_timesteps
         losses: list[float] = []
         for step in range(config.steps):
@@ -130,13 +141,21 @@ class ConceptInversion(Attack):
                 flip = torch.rand(len(rows), generator=g) < 0.5
                 batch = torch.where(flip.to(device)[:, None, None, None], batch.flip(-1), batch)
                 soft = prompts[rng.randrange(len(prompts))]
-                t = torch.randint(0, total_t, (len(rows),), generator=g).to(device)
+                if generator_t is None:
+                    t = torch.randint(0, total_t, (len(rows),), generator=g).to(device)
+                else:
+                    t = torch.tensor([generator_t[i] for i in torch.randint(0, len(generator_t), (len(rows),), generator=g)],
+                                     device=device)
                 noise = torch.randn(batch.shape, generator=g).to(device, batch.dtype)
                 x_t = add_noise(ac, batch, noise, t)
                 with torch.enable_grad():
                     hidden = encode_soft_prompt(te, soft, token).expand(len(rows), -1, -1)
                     out = unet_output(unet, x_t, t, Conditions(hidden))
-                    loss = F.mse_loss(eps_from_output(ac, out, x_t, t, kind).float(), noise.float()) / config.accumulation
+                    if generator_t is None:
+                        loss = F.mse_loss(eps_from_output(ac, out, x_t, t, kind).float(), noise.float())
+                    else:
+                        loss = F.mse_loss(x0_from_output(ac, out, x_t, t, kind).float(), batch.float())
+                    loss = loss / config.accumulation
                     (grad,) = torch.autograd.grad(loss, [token])
                 token.grad = grad if token.grad is None else token.grad + grad
                 step_loss += float(loss.detach())
@@ -155,7 +174,9 @@ class ConceptInversion(Attack):
                             {"steps": config.steps, "images_seen": config.steps * config.accumulation * config.batch_size},
                             0.0, losses,
                             details={"token": TOKEN, "generation_prompt": templates[0].format(TOKEN),
-                                     "images": source, "initializer": config.initializer},
+                                     "images": source, "initializer": config.initializer,
+                                     "loss": "noise prediction" if generator_t is None else
+                                             f"one-step generator's x0 at t = {generator_t}"},
                             learned={TOKEN: learned.cpu()})
 
     @staticmethod

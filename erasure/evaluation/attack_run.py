@@ -43,7 +43,7 @@ def check_attack_run(run: str | os.PathLike, name: str, settings: dict, out: str
 
     if attack.needs_noise_predictor and (manifest.get("extra") or {}).get("sampler") == SAMPLER:
         raise ErasureInputError(f"{run}: an SFD run's one-step generator is not a noise predictor, which {name}'s loss "
-                                "needs; attack it with --attack ring-a-bell")
+                                "needs; attack it with --attack ring-a-bell or concept-inversion")
     folder = check_output_folder(out, "--out")
     if folder.is_dir() and any(folder.iterdir()):
         raise ErasureInputError(f"--out {folder}: not empty; give a new folder")

@@ -61,8 +61,12 @@ def family_named(name: str) -> ModelFamily:
 
 def family_of(pipe_or_name) -> ModelFamily:
     """The family of a loaded pipeline (the first that claims it), or of a family name or ``ModelFamily``."""
+    from erasure.one_step import OneStepPipeline
+
     from .base import ModelFamily
 
+    if isinstance(pipe_or_name, OneStepPipeline):  # an SFD run's wrapper: the family is the wrapped pipeline's
+        pipe_or_name = pipe_or_name.pipe
     if isinstance(pipe_or_name, ModelFamily):
         return pipe_or_name
     if isinstance(pipe_or_name, str):
