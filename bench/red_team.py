@@ -6,7 +6,7 @@
                              [--memorization-methods prune esd advunlearn] [--set METHOD.KEY=VALUE ...]
                              [--attack-set ATTACK.KEY=VALUE ...] [--memorization-set KEY=VALUE ...]
                              [--out bench/runs/red_team]
-                             [--results bench/results] [--report-only]
+                             [--results bench/results] [--report-only] [--update]
 
 1. Concept erasures: each method erases each style and object with its canvas-mini preset
    (``configs/METHOD/canvas-mini-{style,object}.yaml``; ``--set`` overrides recorded), then the canvas
@@ -22,11 +22,14 @@
    and after, on the same seeds and sampling as the canvas suite.
 
 Writes RESULTS/red_team.json and .md; runs and evaluations under OUT (reused while unchanged).
+``--update`` re-measures part of a committed table: the runs and attacks measured now replace theirs in
+RESULTS/red_team.json, everything else is kept, and the command is recorded beside the first.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from _runs import (ROOT, canvas_cells, erase_once, machine, method_overrides, page, parse, results_options, sampling, shown, table,
@@ -89,6 +92,38 @@ def attack_records(run: dict, attack: str) -> dict:
     return robust.get("attack") if attack == "soft-prompt" else robust.get("attacks", {}).get(attack)
 
 
+def row_name(run: dict) -> str:
+    return f"{run['method']} {', '.join(run['targets'])} ({run['kind']})"
+
+
+def updated(old: dict, new: dict) -> dict:
+    """``old`` with ``new``'s runs and attacks in place of theirs (``--update``); the rest, and the
+    original's rates of attacks not re-measured, kept. The original's rates re-measured now replace theirs."""
+    merged = dict(old)
+    merged["runs"] = [dict(r) for r in old["runs"]]
+    by_name = {row_name(r): r for r in merged["runs"]}
+    for r in new["runs"]:
+        mine = by_name.get(row_name(r))
+        if mine is None:
+            merged["runs"].append(r)
+            continue
+        for side in ("before", "after"):
+            mine[side] = {**mine[side], **r[side]}
+        for key in ("run", "cost", "grid", "steps", "erased"):
+            mine[key] = r.get(key)
+        robust = mine.setdefault("robustness", {})
+        robust["attacks"] = {**robust.get("attacks", {}), **r.get("robustness", {}).get("attacks", {})}
+        if "soft-prompt" in new["attacks"]:
+            robust["attack"] = r.get("robustness", {}).get("attack")
+    merged["original_asr"] = {**old["original_asr"], **{a: v for a, v in new["original_asr"].items() if v is not None}}
+    merged["budgets"] = {**old["budgets"], **new["budgets"]}
+    if new.get("memorization"):
+        merged["memorization"] = new["memorization"]
+    merged["updates"] = [*old.get("updates", []), {"command": new["command"], "machine": new["machine"],
+                                                   "rows": [row_name(r) for r in new["runs"]], "attacks": new["attacks"]}]
+    return merged
+
+
 def markdown(result: dict) -> str:
     s, attacks = result["sampling"], result["attacks"]
     budgets = "; ".join(f"{a}: {result['budgets'][a]}" for a in attacks)
@@ -98,8 +133,10 @@ def markdown(result: dict) -> str:
     for r in result["runs"]:
         rows.append([f"{', '.join(r['targets'])} ({r['kind']})", r["method"], canvas_cells(r["after"]),
                      *[attack_cell((attack_records(r, a) or {}).get("after")) for a in attacks]])
+    updates = [f"Re-measured ({', '.join(u['rows'])}; {', '.join(u['attacks'])}): `{u['command']}` on {u['machine']}."
+               for u in result.get("updates", [])]
     blocks = [
-        f"`{result['command']}` on {result['machine']}.",
+        " ".join([f"`{result['command']}` on {result['machine']}.", *updates]),
         [f"UA / IRA / CRA: {result['prompts']} prompts x {len(s['seeds'])} seeds, {s['scheduler']} {s['steps']} steps, "
          f"guidance {s['guidance']}; judge: {result['judge']}. ASR: share of {len(result['attack_seeds'])} fresh attack seeds "
          "whose attacked image the evaluator recognises as the erased concept; in brackets the unattacked concept "
@@ -135,6 +172,8 @@ def options() -> argparse.ArgumentParser:
     ap.add_argument("--memorization-set", dest="memorization_sets", action="append", default=[],
                     help="memorization-suite setting KEY=VALUE (repeat), e.g. membership_nonmembers=16")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "runs" / NAME)
+    ap.add_argument("--update", action="store_true",
+                    help="replace in RESULTS/red_team.json the runs and attacks measured now, keep the rest")
     results_options(ap, NAME)
     return ap
 
@@ -143,6 +182,9 @@ def main() -> None:
     args = parse(options(), NAME, markdown)
     if args is None:
         return
+    committed = args.results / f"{NAME}.json"
+    if args.update and not committed.is_file():
+        raise SystemExit(f"{NAME}: --update: {committed} does not exist; run the bench without --update first")
     seeds = parse_seeds(args.attack_seeds)
     suite_args = attack_args(args.attacks, seeds, args.attack_sets)
     load_suite("canvas", **suite_args)  # a bad attack setting ends the bench now, not after the erasures
@@ -186,7 +228,9 @@ def main() -> None:
          f"--seeds {args.seeds}"] + ([f"--sampling-steps {args.sampling_steps}"] if args.sampling_steps != 25 else [])
         + [f"--memorization-methods {' '.join(args.memorization_methods)}"]
         + [f"--set {s}" for s in args.sets] + [f"--attack-set {s}" for s in args.attack_sets]
-        + [f"--memorization-set {s}" for s in args.memorization_sets])
+        + [f"--memorization-set {s}" for s in args.memorization_sets] + (["--update"] if args.update else []))
+    if args.update:
+        result = updated(json.loads(committed.read_text()), result)
     write_results(args.results, NAME, result, markdown)
 
 

@@ -301,6 +301,19 @@ def test_red_team(tmp_path):
     assert mem["method"] == "prune" and mem["membership"]["before"]["nonmembers"] == 4
     assert 0 <= mem["after"]["membership_auc"] <= 1
     assert len(rows(md, "erased")) == 2 and len(rows(md, "method")) == 1  # the original's row, the run; the prune row
+    # --update re-measures one attack of the same run and keeps the rest of the table.
+    run_bench("red_team", "--methods", "esd", *CANVAS, "--attacks", "ring-a-bell", "--attack-seeds", "0",
+              "--memorization-methods", *sets("--set", [f"esd.{s}" for s in TINY_ESD]),
+              *sets("--attack-set", ["ring-a-bell.steps=3", "ring-a-bell.population=8"]),
+              "--out", tmp_path / "runs", "--results", tmp_path, "--update")
+    merged, md = written(tmp_path, "red_team")
+    (run,) = merged["runs"]
+    assert run["robustness"]["attacks"]["ring-a-bell"]["after"]["attack"]["steps"] == 3
+    assert run["robustness"]["attacks"]["unlearndiffatk"] == result["runs"][0]["robustness"]["attacks"]["unlearndiffatk"]
+    assert merged["memorization"] == result["memorization"] and merged["command"] == result["command"]
+    assert "Re-measured (esd dotted (style); ring-a-bell)" in md and "--update" in md
+    with pytest.raises(AssertionError, match="run the bench without --update first"):
+        run_bench("red_team", "--update", "--results", tmp_path / "none")
     with pytest.raises(AssertionError, match="ATTACK.KEY=VALUE"):
         run_bench("red_team", "--attacks", "ring-a-bell", "--attack-set", "unlearndiffatk.steps=2", "--out", tmp_path / "r",
                   "--results", tmp_path / "r")
