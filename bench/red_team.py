@@ -202,6 +202,8 @@ def main() -> None:
             original_asr.setdefault(a, (attack_records(r, a) or {}).get("before"))
         r["steps"] = read_manifest(r["run"])["config"].get("steps")
         r["run"] = shown(r["run"])  # no machine's folders in the results
+        for link in r.get("erased", []):
+            link["run"] = shown(link["run"])
     suite = load_suite("canvas", **suite_args).config
     budgets = {a: (f"{suite.attack_steps} steps, lr {suite.attack_lr}, {suite.attack_tokens} token(s), "
                    f"{suite.attack_teacher_samples} samples of the original" if a == "soft-prompt"
@@ -226,7 +228,7 @@ def main() -> None:
         ["python bench/red_team.py", f"--methods {' '.join(args.methods)}", f"--styles {' '.join(args.styles)}",
          f"--objects {' '.join(args.objects)}", f"--attacks {' '.join(args.attacks)}", f"--attack-seeds {args.attack_seeds}",
          f"--seeds {args.seeds}"] + ([f"--sampling-steps {args.sampling_steps}"] if args.sampling_steps != 25 else [])
-        + [f"--memorization-methods {' '.join(args.memorization_methods)}"]
+        + [" ".join(["--memorization-methods", *args.memorization_methods])]
         + [f"--set {s}" for s in args.sets] + [f"--attack-set {s}" for s in args.attack_sets]
         + [f"--memorization-set {s}" for s in args.memorization_sets] + (["--update"] if args.update else []))
     if args.update:
