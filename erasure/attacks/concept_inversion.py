@@ -130,7 +130,7 @@ class ConceptInversion(Attack):
         opt = torch.optim.AdamW([token], lr=config.lr, betas=(0.9, 0.999), weight_decay=config.weight_decay, eps=1e-8)
         ac, kind = alphas_cumprod(erased.scheduler, device), prediction_type(erased.scheduler)
         # a one-step generator is trained at the timesteps its sampler applies it at, in x0 space
-        generator_t = sampler_timesteps(erased.t_star, erased.steps) if isinstance(erased, OneStepPipeline) else None
+        generator_t = torch.tensor(sampler_timesteps(erased.t_star, erased.steps)) if isinstance(erased, OneStepPipeline) else None
         total_t = erased.scheduler.config.num_train_timesteps
         losses: list[float] = []
         for step in range(config.steps):
@@ -144,8 +144,7 @@ class ConceptInversion(Attack):
                 if generator_t is None:
                     t = torch.randint(0, total_t, (len(rows),), generator=g).to(device)
                 else:
-                    t = torch.tensor([generator_t[i] for i in torch.randint(0, len(generator_t), (len(rows),), generator=g)],
-                                     device=device)
+                    t = generator_t[torch.randint(0, len(generator_t), (len(rows),), generator=g)].to(device)
                 noise = torch.randn(batch.shape, generator=g).to(device, batch.dtype)
                 x_t = add_noise(ac, batch, noise, t)
                 with torch.enable_grad():
@@ -176,7 +175,7 @@ class ConceptInversion(Attack):
                             details={"token": TOKEN, "generation_prompt": templates[0].format(TOKEN),
                                      "images": source, "initializer": config.initializer,
                                      "loss": "noise prediction" if generator_t is None else
-                                             f"one-step generator's x0 at t = {generator_t}"},
+                                             f"one-step generator's x0 at t = {generator_t.tolist()}"},
                             learned={TOKEN: learned.cpu()})
 
     @staticmethod
